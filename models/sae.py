@@ -1,0 +1,91 @@
+"""TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    z     = TopK(ReLU(W_enc (x - b_pre) + b_enc))      # (N, n), k non-zeros per row
+    x_hat = W_dec z + b_pre                            # W_dec columns have unit norm
+
+The encoder starts as the decoder's transpose, ``b_pre`` at the data's geometric
+median (set by the trainer), and the AuxK loss models the residual with the top
+``aux_k`` dead latents so that they come back to life. Losses are pure functions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SAEOutput(NamedTuple):
+    x_hat: torch.Tensor  # (N, d)
+    latents: torch.Tensor  # (N, n) sparse: k non-zeros per row
+    pre_acts: torch.Tensor  # (N, n) before TopK, for AuxK
+
+
+class TopKSAE(nn.Module):
+    def __init__(self, d_in: int, n_latents: int, k: int, seed: int = 0):
+        super().__init__()
+        if not 1 <= k <= n_latents:
+            raise ValueError(f"k must be in 1..{n_latents}, got {k}")
+        self.d_in, self.n_latents, self.k = d_in, n_latents, k
+        g = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(d_in, n_latents, generator=g)
+        w_dec = w_dec / w_dec.norm(dim=0, keepdim=True)
+        self.b_pre = nn.Parameter(torch.zeros(d_in))
+        self.W_enc = nn.Parameter(w_dec.t().clone())  # (n, d)
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+        self.W_dec = nn.Parameter(w_dec)  # (d, n)
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (N, n)"""
+        return F.linear(x - self.b_pre, self.W_enc, self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, d) -> sparse latents (N, n) and pre-activations (N, n)."""
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.k, dim=-1)
+        z = torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+        return z, pre
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, n) -> (N, d)"""
+        return F.linear(z, self.W_dec, self.b_pre)
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        z, pre = self.encode(x)
+        return SAEOutput(self.decode(z), z, pre)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=0, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the gradient component that would change the atoms' norms."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec.data).sum(0, keepdim=True)
+        self.W_dec.grad -= parallel * self.W_dec.data
+
+
+def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained: ||x - x_hat||^2 / ||x - mean(x)||^2 over a batch (N, d)."""
+    return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def auxk_loss(pre_acts: torch.Tensor, dead: torch.Tensor, w_dec: torch.Tensor,
+              residual: torch.Tensor, aux_k: int) -> torch.Tensor:
+    """FVU of the residual (N, d) modelled by the top `aux_k` dead latents; 0 if none are dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre_acts.new_zeros(())
+    masked = pre_acts.masked_fill(~dead, float("-inf"))
+    values, indices = masked.topk(min(aux_k, n_dead), dim=-1)
+    z = torch.zeros_like(pre_acts).scatter_(-1, indices, F.relu(values))
+    return fvu(F.linear(z, w_dec), residual).nan_to_num(0.0)
+
+
+def patch_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean squared reconstruction error per patch: (..., d) -> (...)."""
+    return (x - x_hat).pow(2).mean(-1)

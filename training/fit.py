@@ -1,0 +1,217 @@
+"""Fit a detector on good images: stream features into a reservoir, train the SAE, calibrate.
+
+Memory is bounded by the reservoir (``max_patches`` x feature dim x 4 bytes), not by
+the number of images: features are extracted image batch by image batch and sampled
+into a fixed-size reservoir (Vitter's algorithm R), so 50,000 images need the same
+RAM as 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.backbone import Backbone
+from models.config import ModelConfig
+from models.detector import Detector, shared_backbone
+from models.features import extract_features, fit_standardization, standardize
+from models.imageio import ImageDecodeError, read_image
+from models.preprocess import make_canvases, valid_cells
+from models.sae import TopKSAE, auxk_loss, fvu
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 3000
+    """SAE optimisation steps."""
+    batch_size: int = 4096
+    """Patches per SAE step."""
+    lr: float = 1e-3
+    """Adam learning rate; decays linearly to 0 over the last 20% of steps."""
+    max_patches: int = 300_000
+    """Reservoir size: patches kept for SAE training (memory = max_patches x dim x 4 B)."""
+    image_batch: int = 8
+    """Images per backbone forward during extraction."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.max_patches < 1 or self.image_batch < 1:
+            raise ValueError("steps, batch_size, max_patches and image_batch must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+
+
+class Reservoir:
+    """Uniform sample of at most `capacity` rows from a stream (algorithm R, vectorised)."""
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0):
+        self.data = np.empty((capacity, dim), np.float32)
+        self.capacity, self.seen = capacity, 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, rows: np.ndarray) -> None:
+        n_fill = min(len(rows), self.capacity - self.seen) if self.seen < self.capacity else 0
+        if n_fill:
+            self.data[self.seen : self.seen + n_fill] = rows[:n_fill]
+        rest = rows[n_fill:]
+        if len(rest):
+            positions = self.seen + n_fill + np.arange(len(rest))  # 0-based stream index
+            slots = (self.rng.random(len(rest)) * (positions + 1)).astype(np.int64)
+            keep = slots < self.capacity
+            self.data[slots[keep]] = rest[keep]  # later rows win ties, as sequential R would
+        self.seen += len(rows)
+
+    def sample(self) -> np.ndarray:
+        return self.data[: min(self.seen, self.capacity)]
+
+
+def iter_images(paths: Sequence[Path], workers: int = 2) -> Iterator[tuple[Path, np.ndarray | None]]:
+    """Decode files in the background; unreadable files yield None with a warning naming them."""
+    def load(p: Path) -> np.ndarray | None:
+        try:
+            return read_image(p)
+        except ImageDecodeError as e:
+            log.warning("skipping %s", e)
+            return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        yield from zip(paths, pool.map(load, paths))
+
+
+def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[Path],
+                      fit_cfg: FitConfig, device: torch.device) -> tuple[np.ndarray, int]:
+    """Stream good images through the backbone -> (reservoir of raw patch features, images used)."""
+    pre, bb = config.preprocess, config.backbone
+    stride = 2 ** (min(bb.stages) + 1)
+    reservoir: Reservoir | None = None
+    used, pending, pending_valid = 0, [], []
+
+    def flush() -> None:
+        nonlocal reservoir
+        feats = extract_features(backbone, np.concatenate(pending), bb.mean, bb.std,
+                                 config.scoring.pool, device).float().cpu().numpy()
+        rows = feats[np.concatenate(pending_valid)]  # (n_valid, C), padding cells dropped
+        if reservoir is None:
+            reservoir = Reservoir(fit_cfg.max_patches, rows.shape[1], fit_cfg.seed)
+        reservoir.add(rows)
+        pending.clear()
+        pending_valid.clear()
+
+    for _, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img"):
+        if img is None:
+            continue
+        canvases, layout = make_canvases(img, pre)
+        pending.append(canvases)
+        pending_valid.append(valid_cells(layout, pre.size, stride))
+        used += 1
+        if sum(len(c) for c in pending) >= fit_cfg.image_batch:
+            flush()
+    if pending:
+        flush()
+    if reservoir is None:
+        raise ValueError("no usable images: every file failed to decode")
+    return reservoir.sample(), used
+
+
+def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm on (N, d) points."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=1).clamp_min(1e-6)
+        m = (w[:, None] * x).sum(0) / w.sum()
+    return m
+
+
+def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
+              init: TopKSAE | None = None, progress: bool = True) -> tuple[TopKSAE, dict[str, float]]:
+    """Train a TopK SAE on standardised patches (N, d); returns it and final statistics."""
+    torch.manual_seed(fit_cfg.seed)
+    sc = config.sae
+    d = x.shape[1]
+    if init is not None:
+        sae = init
+    else:
+        sae = TopKSAE(d, sc.expansion * d, sc.k, seed=fit_cfg.seed)
+        with torch.no_grad():
+            sub = x[torch.randperm(len(x))[:20_000]]
+            sae.b_pre.copy_(geometric_median(sub))
+    sae.train().requires_grad_(True)
+    opt = torch.optim.Adam(sae.parameters(), lr=fit_cfg.lr)
+    decay_from = int(0.8 * fit_cfg.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if s < decay_from else max(0.0, (fit_cfg.steps - s) / (fit_cfg.steps - decay_from)))
+    since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
+    stats: dict[str, float] = {}
+    bar = tqdm(range(fit_cfg.steps), desc="sae", disable=not progress)
+    g = torch.Generator().manual_seed(fit_cfg.seed)
+    for step in bar:
+        batch = x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)]
+        out = sae(batch)
+        dead = since_fired > sc.dead_after
+        main = fvu(out.x_hat, batch)
+        aux = auxk_loss(out.pre_acts, dead, sae.W_dec, (batch - out.x_hat).detach(), sc.aux_k)
+        loss = main + sc.aux_coef * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        schedule.step()
+        sae.normalize_decoder()
+        fired = (out.latents > 0).any(0)
+        since_fired = torch.where(fired, 0, since_fired + len(batch))
+        if step % 50 == 0 or step == fit_cfg.steps - 1:
+            stats = {"loss": float(loss), "fvu": float(main),
+                     "l0": float((out.latents > 0).sum(1).float().mean()),
+                     "dead_fraction": float(dead.float().mean())}
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()})
+    return sae.eval().requires_grad_(False), stats
+
+
+def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
+                 device: torch.device, backbone_weights: str | None = None,
+                 init: Detector | None = None, progress: Callable[[str], None] = log.info) -> Detector:
+    """Good images -> uncalibrated detector (feature statistics + SAE)."""
+    backbone = shared_backbone(config.backbone.name, config.backbone.stages, backbone_weights, str(device))
+    t0 = time.perf_counter()
+    raw, used = extract_reservoir(backbone, config, paths, fit_cfg, device)
+    t_feat = time.perf_counter() - t0
+    progress(f"extracted {used} images in {t_feat:.1f}s ({used / t_feat:.1f} img/s); "
+             f"reservoir holds {len(raw)} patches of dim {raw.shape[1]}")
+    raw_t = torch.from_numpy(raw)
+    if init is not None:
+        mean, std = init.feat_mean.cpu(), init.feat_std.cpu()
+        sae0 = TopKSAE(init.sae.d_in, init.sae.n_latents, init.sae.k)
+        sae0.load_state_dict(init.sae.state_dict())
+    else:
+        mean, std = fit_standardization(raw_t)
+        sae0 = None
+    x = standardize(raw_t, mean, std)
+    sae, stats = train_sae(x, config, fit_cfg, init=sae0)
+    progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
+            "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9)}
+    return Detector(config, backbone, mean, std, sae.to(device), None, meta)
+
+
+def split_calibration(paths: Sequence[Path], fraction: float, min_count: int,
+                      seed: int) -> tuple[list[Path], list[Path]]:
+    """Seeded split of good images into (fit, calibration); calibration never trains the SAE."""
+    if len(paths) < 2:
+        raise ValueError(f"need at least 2 good images to fit and calibrate, found {len(paths)}")
+    n_cal = max(min_count, math.ceil(fraction * len(paths)))
+    n_cal = min(n_cal, len(paths) // 2)  # never leave the SAE with fewer images than calibration
+    order = np.random.default_rng(seed).permutation(len(paths))
+    cal = sorted(paths[i] for i in order[:n_cal])
+    fit = sorted(paths[i] for i in order[n_cal:])
+    return fit, cal
