@@ -138,7 +138,12 @@ class Backbone(nn.Module):
                 f"unknown backbone {name!r}: use efficientnet_lite0/1/2, resnet18, "
                 "wide_resnet50_2 or timm:<model name>"
             )
-        self.body.eval().requires_grad_(False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        """A frozen backbone stays in eval mode (BatchNorm statistics never move)."""
+        return super().train(False)
 
     def _torchvision(self, name: str, weights: str | Path | None):
         import torchvision

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitConfig:
-    steps: int = 3000
+    steps: int = 2000
     """SAE optimisation steps."""
-    batch_size: int = 4096
+    batch_size: int = 2048
     """Patches per SAE step."""
     lr: float = 1e-3
     """Adam learning rate; decays linearly to 0 over the last 20% of steps."""
@@ -108,7 +108,7 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
         pending.clear()
         pending_valid.clear()
 
-    for _, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img"):
+    for _, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img", mininterval=2.0):
         if img is None:
             continue
         canvases, layout = make_canvases(img, pre)
@@ -153,7 +153,7 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
         opt, lambda s: 1.0 if s < decay_from else max(0.0, (fit_cfg.steps - s) / (fit_cfg.steps - decay_from)))
     since_fired = torch.zeros(sae.n_latents, dtype=torch.long)
     stats: dict[str, float] = {}
-    bar = tqdm(range(fit_cfg.steps), desc="sae", disable=not progress)
+    bar = tqdm(range(fit_cfg.steps), desc="sae", disable=not progress, mininterval=2.0)
     g = torch.Generator().manual_seed(fit_cfg.seed)
     for step in bar:
         batch = x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)]
@@ -171,7 +171,7 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
         fired = (out.latents > 0).any(0)
         since_fired = torch.where(fired, 0, since_fired + len(batch))
         if step % 50 == 0 or step == fit_cfg.steps - 1:
-            stats = {"loss": float(loss), "fvu": float(main),
+            stats = {"loss": float(loss.detach()), "fvu": float(main.detach()),
                      "l0": float((out.latents > 0).sum(1).float().mean()),
                      "dead_fraction": float(dead.float().mean())}
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()})

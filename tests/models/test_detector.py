@@ -1,0 +1,33 @@
+import cv2
+import numpy as np
+
+from models.imageio import list_images, read_image
+from models.preprocess import to_original
+from training.metrics import auroc
+
+
+def test_defective_parts_score_above_good_ones(detector, dataset):
+    good = [read_image(p) for p in list_images(dataset / "test" / "good")]
+    bad_paths = [p for p in list_images(dataset / "test") if p.parent.name != "good"]
+    results = detector.inspect(good + [read_image(p) for p in bad_paths])
+    scores = np.array([r.score for r in results])
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad_paths))]
+    value = auroc(labels, scores)
+    print(f"image AUROC on generated parts: {value:.3f}")
+    assert value >= 0.85
+
+    hits = 0
+    for p, r in zip(bad_paths, results[len(good):], strict=True):
+        mask = cv2.imread(str(dataset / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"), 0)
+        full = to_original(r.anomaly_map, r.layout)
+        y, x = np.unravel_index(full.argmax(), full.shape)
+        hits += cv2.dilate(mask, np.ones((15, 15), np.uint8))[y, x] > 0
+    print(f"anomaly-map peak inside the injected defect: {hits}/{len(bad_paths)}")
+    assert hits >= 0.75 * len(bad_paths)
+
+
+def test_inspection_fields_are_consistent(detector, dataset):
+    r = detector.inspect([read_image(list_images(dataset / "test" / "spot")[0])])[0]
+    assert r.anomalous == (r.score > r.threshold)
+    assert 0 < r.p_value <= 1
+    assert r.anomaly_map.shape == r.layout.work_hw

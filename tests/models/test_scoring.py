@@ -1,0 +1,62 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.scoring import (anomaly_maps, conformal_p_value, conformal_rank, conformal_threshold, find_regions,
+                            image_score)
+
+
+def test_conformal_rank_and_threshold_hand_computed():
+    s = np.arange(1, 100, dtype=float)  # 99 scores 1..99
+    assert conformal_rank(99, 0.01) == 99  # ceil(100 * 0.99)
+    assert conformal_threshold(s, 0.01) == 99.0
+    assert conformal_rank(99, 0.1) == 90  # ceil(100 * 0.9)
+    assert conformal_threshold(s, 0.1) == 90.0
+    assert conformal_rank(19, 0.05) == 19
+    assert math.isinf(conformal_threshold(np.arange(10.0), 0.01))  # n too small for alpha
+
+
+def test_conformal_p_value_hand_computed():
+    s = np.array([1.0, 2.0, 3.0, 4.0])
+    assert conformal_p_value(10.0, s) == pytest.approx(1 / 5)
+    assert conformal_p_value(3.0, s) == pytest.approx(3 / 5)  # 3 and 4 are >= 3
+    assert conformal_p_value(0.0, s) == pytest.approx(1.0)
+
+
+def test_false_alarm_rate_of_conformal_threshold_is_at_most_alpha():
+    rng = np.random.default_rng(0)
+    alpha, n, trials = 0.05, 99, 4000
+    cal = np.sort(rng.gamma(2.0, size=(trials, n)), axis=1)
+    rank = conformal_rank(n, alpha)
+    new = rng.gamma(2.0, size=trials)
+    rate = float((new > cal[:, rank - 1]).mean())
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert rate >= alpha - 0.02  # and not wastefully conservative (exact value is 0.05 here)
+
+
+def test_image_score_max_and_top_mean():
+    m = np.zeros((10, 10), np.float32)
+    m[0, :5] = [5, 4, 3, 2, 1]
+    assert image_score(m, "max") == 5
+    assert image_score(m, "top_mean", 0.02) == pytest.approx(4.5)
+
+
+def test_anomaly_maps_upsample_and_smooth_keep_peak_location():
+    err = torch.zeros(1, 8, 8)
+    err[0, 2, 5] = 1
+    maps = anomaly_maps(err, 64, sigma=2)
+    assert maps.shape == (1, 64, 64)
+    y, x = np.unravel_index(int(maps[0].argmax()), (64, 64))
+    assert abs(y - 20) <= 4 and abs(x - 44) <= 4
+
+
+def test_regions_boxes_in_original_pixels():
+    m = np.zeros((20, 40), np.float32)
+    m[2:5, 3:9] = 2.0
+    m[10:12, 30:31] = 3.0
+    regions = find_regions(m, 1.0, (2.0, 2.0))
+    assert len(regions) == 2
+    big = regions[0]
+    assert (big.x, big.y, big.width, big.height, big.area, big.peak) == (6, 4, 12, 6, 72, 2.0)

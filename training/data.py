@@ -1,0 +1,58 @@
+"""Finding images: plain folders of good images, or MVTec-layout category folders."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.imageio import list_images
+
+
+def good_images(folders: Sequence[str | Path]) -> list[Path]:
+    """All images under the given folders; an MVTec category folder contributes its train/good."""
+    paths: list[Path] = []
+    for folder in map(Path, folders):
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder}: not a folder")
+        root = folder / "train" / "good" if (folder / "train" / "good").is_dir() else folder
+        found = list_images(root)
+        if not found:
+            raise ValueError(f"{root}: no images found (looked for png, jpg, bmp, tif, webp, gif, recursively)")
+        paths.extend(found)
+    return sorted(set(paths))
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """sha256 over file names and sizes: identifies the training set without rereading it."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(f"{p.name}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TestItem:
+    path: Path
+    defect: str
+    """'good' or the defect folder name."""
+    mask: Path | None
+
+
+def mvtec_test_set(root: str | Path) -> list[TestItem]:
+    """test/<type>/* images with ground_truth/<type>/<stem>_mask.png where present."""
+    root = Path(root)
+    test = root / "test"
+    if not test.is_dir() or not (test / "good").is_dir():
+        raise ValueError(f"{root}: not an MVTec-layout folder (expected test/good and test/<defect>)")
+    items = []
+    for sub in sorted(p for p in test.iterdir() if p.is_dir()):
+        for img in list_images(sub):
+            mask = root / "ground_truth" / sub.name / f"{img.stem}_mask.png"
+            items.append(TestItem(img, sub.name, mask if mask.is_file() else None))
+    if not any(i.defect != "good" for i in items):
+        raise ValueError(f"{root}: test/ holds no defect folders")
+    return items

@@ -1,0 +1,62 @@
+"""The evaluation report a person reads: ROC, score histograms with the threshold, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from models.detector import Detector  # noqa: E402
+from models.imageio import read_image  # noqa: E402
+from models.preprocess import make_canvases  # noqa: E402
+from training.metrics import auroc, roc_curve  # noqa: E402
+
+
+def _pick(details: dict[str, Any], threshold: float, n: int = 4) -> list[tuple[str, int]]:
+    s, y = details["scores"], details["labels"]
+    idx = np.arange(len(s))
+    false_alarms = sorted(idx[(~y) & (s > threshold)], key=lambda i: -s[i])[:n]
+    missed = sorted(idx[y & (s <= threshold)], key=lambda i: s[i])[:n]
+    hits = idx[y & (s > threshold)]
+    typical = list(hits[np.argsort(s[hits])][:: max(1, len(hits) // n)][:n]) if len(hits) else []
+    return [("false alarm", i) for i in false_alarms] + [("missed", i) for i in missed] + \
+        [("hit", i) for i in typical]
+
+
+def write_report(details: dict[str, Any], detector: Detector, path: Path) -> None:
+    cal = detector.calibration
+    s, y = details["scores"], details["labels"]
+    picks = _pick(details, cal.threshold)
+    cols = 4
+    rows = 1 + (len(picks) + cols - 1) // cols
+    fig = plt.figure(figsize=(4 * cols, 3.6 * rows))
+    ax = fig.add_subplot(rows, cols, 1)
+    fpr, tpr = roc_curve(y, s)
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(title=f"image ROC (AUROC {auroc(y, s):.3f})", xlabel="false-alarm rate", ylabel="recall")
+    ax = fig.add_subplot(rows, cols, (2, 3))
+    bins = np.linspace(min(s.min(), cal.threshold), max(s.max(), cal.threshold), 50)
+    ax.hist(s[~y], bins, alpha=0.6, label="good")
+    ax.hist(s[y], bins, alpha=0.6, label="defective")
+    ax.axvline(cal.threshold, color="r", label=f"threshold (alpha={cal.alpha:g})")
+    ax.set(title="image scores", xlabel="score", ylabel="images")
+    ax.legend()
+    for j, (label, i) in enumerate(picks):
+        ax = fig.add_subplot(rows, cols, cols + 1 + j)
+        canvas, layout = make_canvases(read_image(details["paths"][i]), detector.config.preprocess)
+        y0, x0, h, w = layout.windows[0]
+        work_img = canvas[0, :h, :w] if len(layout.windows) == 1 else canvas[0]
+        amap = details["maps"][i] if len(layout.windows) == 1 else details["maps"][i][:h, :w]
+        ax.imshow(work_img)
+        ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=max(cal.threshold, float(amap.max())))
+        ax.set_title(f"{label}: {details['kinds'][i]} {s[i]:.3g}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
