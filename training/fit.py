@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,8 +77,11 @@ class Reservoir:
         return self.data[: min(self.seen, self.capacity)]
 
 
-def iter_images(paths: Sequence[Path], workers: int = 2) -> Iterator[tuple[Path, np.ndarray | None]]:
-    """Decode files in the background; unreadable files yield None with a warning naming them."""
+def iter_images(paths: Sequence[Path], workers: int = 2, ahead: int = 16) -> Iterator[tuple[Path, np.ndarray | None]]:
+    """Decode files in the background, at most `ahead` files in memory at once.
+
+    Unreadable files yield None with a warning naming them.
+    """
     def load(p: Path) -> np.ndarray | None:
         try:
             return read_image(p)
@@ -86,7 +90,15 @@ def iter_images(paths: Sequence[Path], workers: int = 2) -> Iterator[tuple[Path,
             return None
 
     with ThreadPoolExecutor(workers) as pool:
-        yield from zip(paths, pool.map(load, paths))
+        window: deque = deque()
+        for p in paths:
+            window.append((p, pool.submit(load, p)))
+            if len(window) >= ahead:
+                q, fut = window.popleft()
+                yield q, fut.result()
+        while window:
+            q, fut = window.popleft()
+            yield q, fut.result()
 
 
 def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[Path],

@@ -1,0 +1,159 @@
+"""FastAPI application factory: ``uvicorn service.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.routes import router
+from service.settings import Settings
+
+log = logging.getLogger("sae_inspect.service")
+
+
+class BodyLimitError(Exception):
+    def __init__(self, status: int, detail: str):
+        self.status, self.detail = status, detail
+
+
+class GuardMiddleware:
+    """Request id, in-flight gauge, body-size limit (413) and body-arrival timeout (408).
+
+    Pure ASGI so the limit holds for chunked bodies without Content-Length too, and a
+    slow client cannot hold a request open forever.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, body_timeout_s: float, metrics: Metrics):
+        self.app, self.max_body, self.timeout, self.metrics = app, max_body, body_timeout_s, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        headers = dict(scope.get("headers") or [])
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await self._reject(send_wrapper, 413, f"request body of {int(declared)} bytes exceeds the limit of "
+                                                  f"{self.max_body} bytes", rid)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise BodyLimitError(408, f"request body did not arrive within {self.timeout:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyLimitError(413, f"request body exceeds the limit of {self.max_body} bytes")
+            return message
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, limited_receive, send_wrapper)
+        except BodyLimitError as e:
+            if not started:
+                await self._reject(send_wrapper, e.status, e.detail, rid)
+        finally:
+            self.metrics.inflight.dec()
+
+    @staticmethod
+    async def _reject(send: Send, status: int, detail: str, rid: str) -> None:
+        response = JSONResponse({"error": "request_rejected", "detail": detail, "request_id": rid}, status,
+                                headers={"connection": "close"})
+        await response({"type": "http"}, _empty_receive, send)
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _error(request: Request, status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    rid = request.scope.get("state", {}).get("request_id")
+    return JSONResponse({"error": error, "detail": detail, "request_id": rid}, status, headers=headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one device, one runner
+        registry = ModelRegistry(settings, metrics, executor)
+        app.state.registry = registry
+        if not settings.models_dir.is_dir():
+            log.warning("models folder %s does not exist; serving nothing until it appears", settings.models_dir)
+        outcomes = await registry.sync()
+        for name, outcome in outcomes.items():
+            log.info("model %s: %s", name, outcome)
+        app.state.ready = bool(registry.models)
+        metrics.ready.set(1 if app.state.ready else 0)
+        watcher = asyncio.create_task(registry.watch(settings.watch_interval_s)) \
+            if settings.watch_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            await registry.close()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan,
+                  description="Visual inspection from good images only: score, verdict, defect regions, heat map.")
+    app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
+    app.include_router(router)
+    app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
+                       metrics=metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _error(request, exc.status_code, _code(exc.status_code), detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _error(request, 422, "invalid_request", msgs)
+
+    @app.exception_handler(BodyLimitError)
+    async def body_error(request: Request, exc: BodyLimitError) -> JSONResponse:
+        return _error(request, exc.status, _code(exc.status), exc.detail)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(request, 500, "internal_error", "internal error; see the server log with this request_id")
+
+    return app
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type",
+            422: "invalid_request", 503: "overloaded"}.get(status, "error")

@@ -1,0 +1,129 @@
+"""Micro-batching: requests for one model are gathered into batches run off the event loop.
+
+A bounded asyncio queue per model; a worker takes the first waiting image, waits up
+to ``max_wait`` for more (up to ``max_batch``), and runs ``Detector.inspect`` on the
+whole batch in the shared inference thread. A full queue raises ``QueueFull`` at
+once, which the API turns into 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import NamedTuple
+
+import numpy as np
+
+from models.detector import Detector, Inspection
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's queue is full; the client should retry later."""
+
+
+class BatcherClosed(Exception):
+    """This batcher's model was replaced; submit to the current one."""
+
+
+class Result(NamedTuple):
+    inspection: Inspection
+    detector: Detector
+    """The model that produced this result (its version goes into the response)."""
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+class _Item(NamedTuple):
+    image: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(self, name: str, detector: Detector, executor: Executor, metrics: Metrics,
+                 max_batch: int, max_wait_s: float, queue_size: int):
+        self.name, self.detector, self.executor, self.metrics = name, detector, executor, metrics
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task | None = None
+        self._busy = False
+        self.closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def submit(self, image: np.ndarray) -> Result:
+        if self.closed:
+            raise BatcherClosed(self.name)
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Item(image, fut, time.perf_counter()))
+        except asyncio.QueueFull:
+            raise QueueFull(self.name) from None
+        self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
+        return await fut
+
+    async def _next_batch(self) -> list[_Item]:
+        batch = [await self.queue.get()]
+        self._busy = True  # from here until results are set, drain_and_stop must wait
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self.executor, self.detector.inspect,
+                                                     [it.image for it in batch])
+            except Exception as e:  # noqa: BLE001 - one bad batch must not kill the worker
+                log.exception("inference failed for model %s", self.name)
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+                self._busy = False
+                continue
+            elapsed = time.perf_counter() - started
+            self.metrics.batch_size.observe(len(batch))
+            for it, r in zip(batch, results, strict=True):
+                if not it.future.done():  # the client may have gone away
+                    it.future.set_result(Result(r, self.detector, started - it.enqueued, elapsed, len(batch)))
+            self._busy = False
+
+    async def drain_and_stop(self, timeout_s: float = 30.0) -> None:
+        """Finish what is queued and running (in-flight requests complete on this model), then stop."""
+        self.closed = True  # new requests go to the replacement; queued ones still run here
+        deadline = time.perf_counter() + timeout_s
+        while (self._busy or not self.queue.empty()) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while not self.queue.empty():  # only after a timeout: fail what could not run
+            it = self.queue.get_nowait()
+            if not it.future.done():
+                it.future.set_exception(QueueFull(self.name))

@@ -1,0 +1,168 @@
+"""The models being served: one per artifact in the models folder, hot-swappable.
+
+A (re)load builds the new detector off the event loop, warms it up with one
+inference, and only then swaps it in. Requests already queued finish on the old
+model, whose batcher drains before it stops. A bad artifact is logged and counted,
+and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.artifact import SUFFIX, ArtifactError
+from models.backbone import BackboneError
+from models.detector import Detector
+from service.batcher import MicroBatcher
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def valid_name(name: str) -> bool:
+    """Model names are plain file stems: no separators, no '..', nothing hidden."""
+    return bool(NAME_RE.fullmatch(name)) and ".." not in name
+
+
+@dataclass
+class Served:
+    name: str
+    detector: Detector
+    batcher: MicroBatcher
+    path: Path
+    stamp: tuple[int, int]
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class LoadFailure:
+    name: str
+    error: str
+    at: float = field(default_factory=time.time)
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor):
+        self.settings, self.metrics, self.executor = settings, metrics, executor
+        self.models: dict[str, Served] = {}
+        self.failures: dict[str, LoadFailure] = {}
+        self._lock = asyncio.Lock()
+        self._failed_stamps: dict[str, tuple[int, int]] = {}
+
+    def artifact_files(self) -> dict[str, Path]:
+        d = self.settings.models_dir
+        if not d.is_dir():
+            return {}
+        return {p.name.removesuffix(SUFFIX): p for p in sorted(d.glob(f"*{SUFFIX}"))
+                if p.is_file() and valid_name(p.name.removesuffix(SUFFIX))}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+
+    def _load_and_warm(self, path: Path) -> Detector:
+        det = Detector.from_artifact(path, self.settings.device)
+        if det.calibration is None:
+            raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
+        det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs
+        return det
+
+    async def load(self, name: str) -> Served:
+        """(Re)load one model from its artifact; on failure the current one stays and the error is raised."""
+        async with self._lock:
+            path = self.artifact_files().get(name)
+            if path is None:
+                raise FileNotFoundError(f"no artifact named {name!r} in the models folder")
+            try:
+                stamp = self._stamp(path)
+                det = await asyncio.get_running_loop().run_in_executor(self.executor, self._load_and_warm, path)
+            except (ArtifactError, BackboneError, OSError, ValueError, RuntimeError) as e:
+                msg = str(e).replace(str(self.settings.models_dir) + "/", "")  # no server paths in replies
+                self.failures[name] = LoadFailure(name, msg)
+                self.metrics.reloads.labels(name, "failed").inc()
+                log.error("model %s: load failed, %s: %s", name,
+                          "keeping the serving version" if name in self.models else "not serving it", msg)
+                if name in self.models:
+                    self.models[name].stamp = stamp  # don't retry the same bad file every poll
+                raise ArtifactError(msg) from e
+            s = self.settings
+            batcher = MicroBatcher(name, det, self.executor, self.metrics, s.max_batch_size,
+                                   s.max_wait_ms / 1000, s.queue_size)
+            batcher.start()
+            old = self.models.get(name)
+            self.models[name] = Served(name, det, batcher, path, stamp)
+            self.failures.pop(name, None)
+            self._publish(name, det, old.detector if old else None)
+            self.metrics.reloads.labels(name, "success").inc()
+            log.info("model %s: serving version %s", name, det.version)
+        if old:
+            await old.batcher.drain_and_stop()
+        return self.models[name]
+
+    def _publish(self, name: str, det: Detector, old: Detector | None) -> None:
+        if old is not None:
+            try:
+                self.metrics.model_info.remove(name, old.version, old.config.backbone.name)
+            except KeyError:
+                pass
+        self.metrics.model_info.labels(name, det.version, det.config.backbone.name).set(1)
+        self.metrics.threshold.labels(name).set(det.calibration.threshold)
+        self.metrics.alpha.labels(name).set(det.calibration.alpha)
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            served = self.models.pop(name, None)
+        if served:
+            try:
+                self.metrics.model_info.remove(name, served.detector.version, served.detector.config.backbone.name)
+            except KeyError:
+                pass
+            log.info("model %s: artifact removed, unloaded", name)
+            await served.batcher.drain_and_stop()
+
+    async def sync(self) -> dict[str, str]:
+        """Load new or changed artifacts and unload removed ones -> {name: outcome}."""
+        outcomes: dict[str, str] = {}
+        files = self.artifact_files()
+        for name, path in files.items():
+            served = self.models.get(name)
+            try:
+                stamp = self._stamp(path)
+            except OSError:
+                continue
+            failed_same = name not in self.models and self._failed_stamps.get(name) == stamp
+            if (served and served.stamp == stamp) or failed_same:
+                continue
+            try:
+                await self.load(name)
+                outcomes[name] = "loaded"
+            except (ArtifactError, FileNotFoundError) as e:
+                outcomes[name] = f"failed: {e}"
+                self._failed_stamps[name] = stamp
+        for name in set(self.models) - set(files):
+            await self.unload(name)
+            outcomes[name] = "unloaded"
+        return outcomes
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("models folder scan failed")
+
+    async def close(self) -> None:
+        for served in list(self.models.values()):
+            await served.batcher.drain_and_stop()

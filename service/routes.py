@@ -1,0 +1,237 @@
+"""HTTP routes: inspection, model cards, reload (admin), health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from models.artifact import ArtifactError
+from models.imageio import ImageDecodeError, decode_image
+from service import schemas
+from service.batcher import BatcherClosed, QueueFull, Result
+from service.metrics import Metrics
+from service.registry import ModelRegistry, Served, valid_name
+from service.render import b64, overlay_png, raw_map
+from service.settings import Settings
+
+router = APIRouter()
+DECODE_STATUS = {"invalid": 422, "unsupported": 415, "too_large": 413}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_model(name: str, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Served:
+    served = registry.models.get(name) if valid_name(name) else None
+    if served is None:
+        raise HTTPException(404, f"no model named {name!r}" if valid_name(name) else "invalid model name")
+    return served
+
+
+def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    if settings.api_key is None:
+        raise HTTPException(403, "admin routes are disabled: set SAE_INSPECT_API_KEY to enable them")
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        raise HTTPException(401, "missing or wrong bearer API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+Model = Annotated[Served, Depends(get_model)]
+HeatmapQ = Annotated[Literal["none", "png", "raw"], Query(description="include a heat map")]
+
+
+async def _images_from_request(request: Request, settings: Settings, many: bool) -> list[tuple[str | None, bytes]]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=settings.max_batch_files if many else 1, max_fields=16)
+        files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise HTTPException(422, "multipart body holds no file; send the image in a file field")
+        return files
+    if many:
+        raise HTTPException(415, "batch inspection takes multipart/form-data with one file field per image")
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return [(None, await request.body())]
+    raise HTTPException(415, f"content type {ctype or '(none)'!r} is not an image; send image/* or multipart")
+
+
+async def _decode(data: bytes, settings: Settings, name: str | None) -> np.ndarray:
+    try:
+        return await run_in_threadpool(decode_image, data, settings.max_pixels, "image")
+    except ImageDecodeError as e:
+        raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
+
+
+def _response(request: Request, name: str, image: np.ndarray, result: Result, filename: str | None,
+              decode_s: float, t0: float, heatmap: str, settings: Settings) -> schemas.Inspection:
+    r = result.inspection
+    det = result.detector
+    hm = None
+    if heatmap != "none":
+        pix = det.calibration.pixel_threshold
+        data, w, h = overlay_png(image, r, pix, settings.heatmap_max_side) if heatmap == "png" \
+            else raw_map(r, settings.heatmap_max_side)
+        hm = schemas.Heatmap(format=heatmap, width=w, height=h, data=b64(data), pixel_threshold=pix)
+    return schemas.Inspection(
+        request_id=request.scope["state"]["request_id"], model=name, model_version=det.version,
+        filename=filename, score=r.score, threshold=r.threshold, p_value=r.p_value,
+        verdict="anomalous" if r.anomalous else "good", image_width=r.layout.original_hw[1],
+        image_height=r.layout.original_hw[0], regions=[schemas.RegionOut(**x._asdict()) for x in r.regions],
+        timings=schemas.Timings(decode_ms=decode_s * 1e3, queue_ms=result.queue_seconds * 1e3,
+                                inference_ms=result.inference_seconds * 1e3,
+                                total_ms=(time.perf_counter() - t0) * 1e3, batch_size=result.batch_size),
+        heatmap=hm)
+
+
+async def _submit(registry: ModelRegistry, name: str, image: np.ndarray) -> Result:
+    """Queue on the model's current batcher; follow a hot swap that happens meanwhile."""
+    for _ in range(5):
+        served = registry.models.get(name)
+        if served is None:
+            raise HTTPException(404, f"model {name!r} was unloaded")
+        try:
+            return await served.batcher.submit(image)
+        except BatcherClosed:
+            await asyncio.sleep(0)
+    raise HTTPException(503, f"model {name!r} is reloading; retry shortly", headers={"Retry-After": "1"})
+
+
+async def _inspect_one(request: Request, name: str, filename: str | None, data: bytes, heatmap: str,
+                       settings: Settings, metrics: Metrics) -> schemas.Inspection:
+    t0 = time.perf_counter()
+    try:
+        image = await _decode(data, settings, filename)
+    except HTTPException as e:
+        metrics.requests.labels(name, {413: "too_large", 415: "unsupported"}.get(e.status_code, "bad_image")).inc()
+        raise
+    decode_s = time.perf_counter() - t0
+    try:
+        result = await _submit(request.app.state.registry, name, image)
+    except QueueFull:
+        metrics.requests.labels(name, "overloaded").inc()
+        raise HTTPException(503, f"model {name!r} is at capacity; retry shortly",
+                            headers={"Retry-After": "1"}) from None
+    resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
+    r = result.inspection
+    metrics.requests.labels(name, resp.verdict).inc()
+    metrics.images.labels(name).inc()
+    if r.anomalous:
+        metrics.anomalies.labels(name).inc()
+    metrics.score_ratio.labels(name).observe(r.score / r.threshold if r.threshold > 0 else 0.0)
+    for stage, seconds in (("decode", decode_s), ("queue", result.queue_seconds),
+                           ("inference", result.inference_seconds), ("total", time.perf_counter() - t0)):
+        metrics.latency.labels(stage).observe(seconds)
+    return resp
+
+
+@router.post("/v1/models/{name}/inspect", response_model=schemas.Inspection, tags=["inspection"],
+             responses={404: {"model": schemas.ErrorBody}, 413: {"model": schemas.ErrorBody},
+                        415: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody},
+                        503: {"model": schemas.ErrorBody}})
+async def inspect(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
+                  metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none") -> schemas.Inspection:
+    """Inspect one image: multipart upload (any file field) or a raw image/* body."""
+    (filename, data), = await _images_from_request(request, settings, many=False)
+    return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics)
+
+
+@router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"])
+async def inspect_batch(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
+                        metrics: Annotated[Metrics, Depends(get_metrics)],
+                        heatmap: HeatmapQ = "none") -> schemas.BatchInspection:
+    """Inspect several images sent as multipart file fields; they share micro-batches."""
+    files = await _images_from_request(request, settings, many=True)
+    results = await asyncio.gather(*(_inspect_one(request, served.name, f, d, heatmap, settings, metrics)
+                                     for f, d in files))
+    return schemas.BatchInspection(request_id=request.scope["state"]["request_id"], results=list(results))
+
+
+def _card(served: Served) -> schemas.ModelCard:
+    det = served.detector
+    cal = det.calibration
+    cfg = det.config
+    provenance = {k: det.meta.get(k) for k in ("created", "code_version", "n_fit_images", "n_calibration_images",
+                                               "dataset_fingerprint", "parent_version", "fit_stats",
+                                               "calibration_split", "backbone_sha256")}
+    return schemas.ModelCard(
+        name=served.name, version=det.version, backbone=cfg.backbone.name, stages=list(cfg.backbone.stages),
+        preprocess=vars(cfg.preprocess), sae={**vars(cfg.sae), "d_in": det.sae.d_in, "n_latents": det.sae.n_latents},
+        threshold=cal.threshold, pixel_threshold=cal.pixel_threshold, alpha=cal.alpha,
+        calibration_size=len(cal.scores), calibration_scores=list(cal.scores), provenance=provenance,
+        loaded_at=served.loaded_at)
+
+
+@router.get("/v1/models", response_model=list[schemas.ModelCard], tags=["models"])
+async def list_models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> list[schemas.ModelCard]:
+    return [_card(s) for s in registry.models.values()]
+
+
+@router.get("/v1/models/{name}", response_model=schemas.ModelCard, tags=["models"])
+async def model_card(served: Model) -> schemas.ModelCard:
+    return _card(served)
+
+
+@router.post("/v1/models/reload", tags=["admin"], dependencies=[Depends(require_admin)])
+async def reload_all(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> dict:
+    """Rescan the models folder: load new or changed artifacts, unload removed ones."""
+    return {"outcomes": await registry.sync()}
+
+
+@router.post("/v1/models/{name}/reload", tags=["admin"], dependencies=[Depends(require_admin)])
+async def reload_one(name: str, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> dict:
+    """Reload one model from its artifact; a bad artifact leaves the serving version in place (409)."""
+    if not valid_name(name):
+        raise HTTPException(404, "invalid model name")
+    try:
+        served = await registry.load(name)
+    except FileNotFoundError as e:
+        raise HTTPException(404, str(e)) from None
+    except ArtifactError as e:
+        still = registry.models.get(name)
+        raise HTTPException(409, f"reload rejected: {e}; " + (
+            f"still serving version {still.detector.version}" if still else "model not serving")) from None
+    return {"model": name, "version": served.detector.version, "outcome": "loaded"}
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Response:
+    ready = bool(registry.models)
+    request.app.state.metrics.ready.set(1 if ready else 0)
+    body = {"ready": ready, "models": {n: s.detector.version for n, s in registry.models.items()},
+            "failed": {n: f.error for n, f in registry.failures.items()}}
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(body, 200 if ready else 503)
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics_endpoint(metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+    import torch
+
+    if torch.cuda.is_available():
+        metrics.gpu_memory.set(torch.cuda.memory_allocated())
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

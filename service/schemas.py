@@ -1,0 +1,75 @@
+"""Response models of the HTTP API (they make the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RegionOut(BaseModel):
+    x: int = Field(description="left edge, original-image pixels")
+    y: int
+    width: int
+    height: int
+    area: int = Field(description="pixels above the pixel threshold")
+    peak: float = Field(description="highest anomaly-map value in the region")
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+    batch_size: int = Field(description="images in the micro-batch this one ran in")
+
+
+class Heatmap(BaseModel):
+    format: Literal["png", "raw"]
+    width: int
+    height: int
+    data: str = Field(description="base64: a PNG colour overlay, or little-endian float32 row-major map values")
+    pixel_threshold: float
+
+
+class Inspection(BaseModel):
+    request_id: str
+    model: str
+    model_version: str
+    filename: str | None = None
+    score: float
+    threshold: float
+    p_value: float = Field(description="conformal p-value: (1 + #calibration scores >= score) / (n + 1)")
+    verdict: Literal["good", "anomalous"]
+    image_width: int
+    image_height: int
+    regions: list[RegionOut]
+    timings: Timings
+    heatmap: Heatmap | None = None
+
+
+class BatchInspection(BaseModel):
+    request_id: str
+    results: list[Inspection]
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    backbone: str
+    stages: list[int]
+    preprocess: dict
+    sae: dict
+    threshold: float
+    pixel_threshold: float
+    alpha: float
+    calibration_size: int
+    calibration_scores: list[float]
+    provenance: dict
+    loaded_at: float
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+    request_id: str | None = None

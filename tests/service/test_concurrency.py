@@ -1,0 +1,84 @@
+"""A real uvicorn on 127.0.0.1: reload under load, back-pressure, automatic pick-up."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from service.settings import Settings
+from tests.images import part_png
+from tests.service.conftest import running_server, save_version
+
+GOOD = part_png(201)
+HDR = {"content-type": "image/png"}
+
+
+def test_hot_reload_under_load_loses_no_request(models_dir, detector):
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, api_key="k", max_batch_size=4)
+    with running_server(settings) as url:
+        stop = threading.Event()
+        results: list[tuple[int, str]] = []
+
+        def worker() -> None:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while not stop.is_set():
+                    try:
+                        r = c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR)
+                        results.append((r.status_code, r.json().get("model_version", "")))
+                    except httpx.HTTPError as e:  # a lost request is a failure, not a silent thread death
+                        results.append((0, repr(e)))
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        versions = ["test-1"]
+        with httpx.Client(base_url=url, timeout=60, headers={"authorization": "Bearer k"}) as admin:
+            for i in range(3):
+                time.sleep(0.7)
+                versions.append(f"v{i}")
+                save_version(detector, models_dir / "parts.safetensors", versions[-1])
+                assert admin.post("/v1/models/parts/reload").json()["version"] == versions[-1]
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    codes = [c for c, _ in results]
+    assert len(results) >= 8 and set(codes) == {200}, codes
+    assert {v for _, v in results} <= set(versions)
+    assert results[-1][1] == versions[-1]
+
+
+def test_full_queue_answers_503_with_retry_after(models_dir):
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, queue_size=1, max_batch_size=1)
+    with running_server(settings) as url:
+        def send(_: int) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                return c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR)
+
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(send, range(16)))
+        codes = sorted(r.status_code for r in responses)
+        assert set(codes) == {200, 503} and codes.count(200) >= 1
+        busy = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded" for r in busy)
+        assert send(0).status_code == 200  # recovers once load drops
+
+
+def test_watcher_picks_up_new_and_changed_artifacts(models_dir, detector):
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0.2)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+        save_version(detector, models_dir / "line7.safetensors", "w-1")
+        save_version(detector, models_dir / "parts.safetensors", "w-2")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            models = {m["name"]: m["version"] for m in c.get("/v1/models").json()}
+            if models == {"parts": "w-2", "line7": "w-1"}:
+                break
+            time.sleep(0.2)
+        assert models == {"parts": "w-2", "line7": "w-1"}
+        (models_dir / "junk.safetensors").write_bytes(b"not an artifact")
+        time.sleep(1.0)
+        ready = c.get("/readyz").json()
+        assert "junk" in ready["failed"] and "junk" not in ready["models"]
+        assert c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR).status_code == 200
