@@ -92,7 +92,8 @@ def port_lite_state_dict(ref: dict[str, torch.Tensor], model: nn.Module) -> dict
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
         if m:
             idx, module, param = int(m.group(1)), m.group(2), m.group(3)
-            table = _BLOCK_SUFFIX_IR if "conv_pwl" in dict(model.get_submodule(flat[idx]).named_children()) else _BLOCK_SUFFIX_DS
+            children = dict(model.get_submodule(flat[idx]).named_children())
+            table = _BLOCK_SUFFIX_IR if "conv_pwl" in children else _BLOCK_SUFFIX_DS
             out[f"{flat[idx]}.{table[module]}.{param}"] = value
         else:
             module, param = key.split(".", 1)

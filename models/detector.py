@@ -21,8 +21,7 @@ from models.config import ModelConfig
 from models.features import extract_features, standardize
 from models.preprocess import Layout, make_canvases, stitch
 from models.sae import TopKSAE, patch_error
-from models.scoring import (Region, anomaly_maps, conformal_p_value, find_regions,
-                            image_score)
+from models.scoring import Region, anomaly_maps, conformal_p_value, find_regions, image_score
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ def test_modes_all_decode_to_float_rgb():
         "gray jpeg": encode(Image.fromarray(rgb[..., 0]), "JPEG"),
         "rgba png": encode(Image.fromarray(rgb).convert("RGBA"), "PNG"),
         "palette png": encode(Image.fromarray(rgb).convert("P"), "PNG"),
-        "16-bit png": encode(Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)), "PNG"),
+        "16-bit png": encode(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "PNG"),
         "cmyk jpeg": encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
         "bmp": encode(Image.fromarray(rgb), "BMP"),
         "tiff": encode(Image.fromarray(rgb), "TIFF"),

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.scoring import (anomaly_maps, conformal_p_value, conformal_rank, conformal_threshold, find_regions,
-                            image_score)
+from models.scoring import (
+    anomaly_maps,
+    conformal_p_value,
+    conformal_rank,
+    conformal_threshold,
+    find_regions,
+    image_score,
+)
 
 
 def test_conformal_rank_and_threshold_hand_computed():

@@ -1,0 +1,137 @@
+"""Drive a running service over loopback at several concurrencies; compare with the bare model.
+
+    python bench/service_load.py --model bench/work/fit_eval_magnetic_tile_default.safetensors \
+        --images ../shared/datasets/magnetic_tile/test
+
+Starts `sae-inspect-serve` on a free port with a copy of the artifact, then for each
+concurrency (1, 8, 32) runs closed-loop asyncio clients for `--seconds`, and records
+throughput and latency percentiles. The bare forward throughput (Detector.inspect in
+this process, batch 1 and batch 8, same images) is the ceiling the service approaches.
+Writes bench/results/service_load.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fit_eval import machine  # noqa: E402
+
+
+def bare_throughput(model: Path, images: list[Path], seconds: float) -> dict[str, float]:
+    from models.detector import Detector
+    from models.imageio import read_image
+
+    det = Detector.from_artifact(model, "cpu")
+    decoded = [read_image(p) for p in images[:64]]
+    out = {}
+    for bs in (1, 8):
+        det.inspect(decoded[:bs])
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            det.inspect([decoded[(n + j) % len(decoded)] for j in range(bs)])
+            n += bs
+        out[f"bare_images_per_s_batch{bs}"] = n / (time.perf_counter() - t0)
+    return out
+
+
+async def load(url: str, model: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await c.post(f"/v1/models/{model}/inspect", content=payloads[k % len(payloads)],
+                                 headers={"content-type": "application/octet-stream"})
+                latencies.append(time.perf_counter() - t0)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                k += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    ok = codes.get(200, 0)
+    lat = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "seconds": elapsed, "requests": len(latencies), "ok": ok,
+            "status_counts": codes, "images_per_s": ok / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    a = p.parse_args()
+    images = sorted(x for x in a.images.rglob("*") if x.suffix.lower() in (".png", ".jpg", ".jpeg"))[:200]
+    payloads = [x.read_bytes() for x in images]
+    print("bare model throughput...", flush=True)
+    bare = bare_throughput(a.model, images, a.seconds / 2)
+    print(bare, flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(a.model, Path(d) / "bench.safetensors")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "SAE_INSPECT_MODELS_DIR": d, "SAE_INSPECT_DEVICE": "cpu",
+               "SAE_INSPECT_QUEUE_SIZE": "256", "SAE_INSPECT_MAX_BATCH_SIZE": "8"}
+        server = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port), "--log-level", "warning"],
+                                  env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            rows = []
+            for c in a.concurrency:
+                print(f"concurrency {c}...", flush=True)
+                rows.append(asyncio.run(load(url, "bench", payloads, c, a.seconds)))
+                print(rows[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+    result = {"machine": machine(), "model": a.model.name, "images": str(a.images), **bare, "rows": rows}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "service_load.json").write_text(json.dumps(result, indent=2))
+    lines = [f"Machine: {machine()}; images: `{a.images}`; {a.seconds:g} s per row; command: "
+             f"`python bench/service_load.py --model {a.model} --images {a.images}`", "",
+             f"Bare model (no HTTP): {bare['bare_images_per_s_batch1']:.1f} images/s at batch 1, "
+             f"{bare['bare_images_per_s_batch8']:.1f} images/s at batch 8.", "",
+             "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        other = {k: v for k, v in r["status_counts"].items() if k != 200}
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other or '-'} | "
+                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
+    (out / "service_load.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: set up .venv, lint, run pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh
+.venv/bin/python -m ruff check models training service tests bench scripts
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from models.imageio import list_images
+from models.synthetic import good_part
+from training.calibrate import calibrate
+from training.fit import Reservoir, split_calibration
+
+
+def test_reservoir_is_bounded_and_uniform():
+    r = Reservoir(capacity=1000, dim=1, seed=0)
+    for start in range(0, 100_000, 777):
+        r.add(np.arange(start, min(start + 777, 100_000), dtype=np.float32)[:, None])
+    sample = r.sample()[:, 0]
+    assert len(sample) == 1000 and r.seen == 100_000 and len(np.unique(sample)) == 1000
+    assert 40_000 < sample.mean() < 60_000  # uniform over the whole stream, not its start
+
+
+def test_split_is_seeded_disjoint_and_respects_minimum(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(100)]
+    fit, cal = split_calibration(paths, 0.2, 30, seed=3)
+    assert len(cal) == 30 and len(fit) == 70 and not set(fit) & set(cal)
+    assert split_calibration(paths, 0.2, 30, seed=3) == (fit, cal)
+    with pytest.raises(ValueError, match="at least 2"):
+        split_calibration(paths[:1], 0.2, 30, 0)
+
+
+def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp_path):
+    """Calibrate on 59 fresh good parts at alpha=0.1, then count alarms on 120 more."""
+    import cv2
+
+    rng = np.random.default_rng(77)
+    for i in range(179):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), good_part(rng))
+    paths = list_images(tmp_path)
+    cal = calibrate(detector, paths[:59], alpha=0.1)
+    assert cal.threshold == cal.scores[53]  # rank ceil(60 * 0.9) = 54
+    from models.imageio import read_image
+
+    scores = np.array([r.score for r in detector.inspect([read_image(p) for p in paths[59:]])])
+    rate = float((scores > cal.threshold).mean())
+    print(f"false-alarm rate on 120 new good parts at alpha=0.1: {rate:.3f}")
+    assert rate <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 120) + 0.05  # conformal bound + sampling noise
+
+
+def test_too_few_calibration_images_warns(detector, dataset, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="training.calibrate"):
+        cal = calibrate(detector, list_images(dataset / "test" / "good")[:5], alpha=0.01)
+    assert "split-conformal calibration needs at least" in caplog.text
+    assert cal.threshold == max(cal.scores)

@@ -1,0 +1,106 @@
+import json
+import os
+
+import pytest
+
+from models.detector import Detector
+from models.synthetic import write_dataset
+from training.cli import main
+
+FAST = ["--steps", "60", "--max-patches", "20000", "--min-calib", "8", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("cli"), n_train=24, n_test_good=6, n_test_bad=6, seed=5)
+
+
+@pytest.fixture(scope="module")
+def fitted(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "m.safetensors"
+    (small_data / "train" / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["fit", str(small_data), "--out", str(out), *FAST]) == 0
+    (small_data / "train" / "good" / "broken.png").unlink()
+    return out
+
+
+def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
+    det = Detector.from_artifact(fitted, "cpu")
+    assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
+    # 25 files, 8 held out for calibration, the unreadable one skipped wherever it landed
+    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
+    assert det.meta["version"] and det.meta["dataset_fingerprint"] and det.meta["calibration_split"]["seed"] == 0
+
+
+def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(fitted), str(small_data), "--out", str(out), "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"image_auroc", "pixel_auroc", "aupro_30", "false_alarm_rate", "recall_by_defect", "f1"} <= set(m)
+    assert 0 <= m["image_auroc"] <= 1 and m["n_images"] == 12
+    assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
+
+
+def test_score_reports_per_file(fitted, small_data, tmp_path, capsys):
+    junk = tmp_path / "junk.png"
+    junk.write_text("hello")
+    img = next((small_data / "test" / "good").iterdir())
+    assert main(["score", str(fitted), str(img), str(junk), "--json", "--device", "cpu"]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["verdict"] in ("good", "anomalous") and 0 < lines[0]["p_value"] <= 1
+    assert "junk.png" in lines[1]["error"]
+
+
+def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp_path):
+    before = fitted.read_bytes()
+    new = tmp_path / "m2.safetensors"
+    assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(new), *FAST]) == 0
+    assert fitted.read_bytes() == before
+    old, det = Detector.from_artifact(fitted, "cpu"), Detector.from_artifact(new, "cpu")
+    assert det.meta["parent_version"] == old.version != det.version
+    assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(fitted), *FAST]) == 2
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: d / "missing", "no such folder"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no images found"),
+])
+def test_bad_data_folders_are_clear_errors(tmp_path, capsys, setup, message):
+    folder = setup(tmp_path)
+    assert main(["fit", str(folder), "--out", str(tmp_path / "x.safetensors"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(folder) in err and "Traceback" not in err
+
+
+def test_evaluate_on_wrong_layout_is_a_clear_error(fitted, tmp_path, capsys):
+    assert main(["evaluate", str(fitted), str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "not an MVTec-layout folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_folder_keeps_previous_artifact(fitted, small_data, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    target = ro / "m.safetensors"
+    target.write_bytes(fitted.read_bytes())
+    ro.chmod(0o555)
+    try:
+        assert main(["fit", str(small_data), "--out", str(target), *FAST]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+    assert target.read_bytes() == fitted.read_bytes()
+
+
+def test_failed_save_keeps_previous_artifact(fitted, small_data, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(fitted.read_bytes())
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("models.artifact.os.fsync", disk_full)
+    assert main(["fit", str(small_data), "--out", str(target), *FAST]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert target.read_bytes() == fitted.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

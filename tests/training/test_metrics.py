@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from training.calibrate import f1_optimal
+from training.metrics import aupro, auroc, roc_curve
+
+
+def test_auroc_matches_sklearn_with_ties():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)  # rounding makes many ties
+    assert auroc(y, s) == pytest.approx(sklearn.roc_auc_score(y, s), abs=1e-12)
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auroc([0, 1], [0.5, 0.5]) == 0.5
+
+
+def test_roc_curve_end_points():
+    fpr, tpr = roc_curve(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.3]))
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+
+
+def test_aupro_hand_built_cases():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:4, 2:4] = 1  # region A, 4 px
+    mask[7:9, 6:9] = 1  # region B, 6 px
+    perfect = mask.astype(float)
+    assert aupro([mask], [perfect]) == pytest.approx(1.0, abs=0.01)
+    # region A found perfectly, region B scored like background: PRO = 0.5 everywhere
+    half = np.zeros((10, 10))
+    half[2:4, 2:4] = 1.0
+    assert aupro([mask], [half]) == pytest.approx(0.5, abs=0.02)
+    # a random map gives PRO ~= FPR, so the normalised area up to 0.3 is ~0.15
+    rng = np.random.default_rng(0)
+    masks = [np.pad(np.ones((20, 20), np.uint8), 40) for _ in range(20)]
+    maps = [rng.random(m.shape) for m in masks]
+    assert aupro(masks, maps) == pytest.approx(0.15, abs=0.02)
+
+
+def test_f1_optimal_threshold():
+    good = np.array([0.1, 0.2, 0.3])
+    bad = np.array([0.25, 0.8, 0.9])
+    r = f1_optimal(good, bad)
+    assert r["threshold"] == pytest.approx(0.55) and r["precision"] == 1.0 and r["recall"] == pytest.approx(2 / 3)
