@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from models.config import ModelConfig
 from models.detector import Detector
 from models.imageio import list_images
 from models.synthetic import write_dataset
+from service.app import create_app
+from service.settings import Settings
 from training.calibrate import calibrate
 from training.fit import FitConfig, fit_detector, split_calibration
 
@@ -39,3 +45,27 @@ def artifact(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> Pa
     path = tmp_path_factory.mktemp("artifacts") / "parts.safetensors"
     detector.save(path)
     return path
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, artifact: Path) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(artifact, d / "parts.safetensors")
+    return d
+
+
+@pytest.fixture
+def make_client(models_dir: Path):
+    @contextmanager
+    def _make(**overrides) -> Iterator[TestClient]:
+        settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, **overrides)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            yield client
+    return _make
+
+
+@pytest.fixture
+def client(make_client) -> Iterator[TestClient]:
+    with make_client(api_key="s3cret-key") as c:
+        yield c

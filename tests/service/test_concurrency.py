@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from service.settings import Settings
+from tests.helpers import running_server, save_version
 from tests.images import part_png
-from tests.service.conftest import running_server, save_version
 
 GOOD = part_png(201)
 HDR = {"content-type": "image/png"}

@@ -1,6 +1,7 @@
+"""Helpers for service tests: versioned artifacts, a real uvicorn in a thread."""
+
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
@@ -8,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import uvicorn
-from fastapi.testclient import TestClient
 
 from models.detector import Detector
 from service.app import create_app
@@ -23,30 +22,6 @@ def save_version(detector: Detector, path: Path, version: str) -> Path:
                      detector.calibration, {**detector.meta, "version": version})
     clone.save(path)
     return path
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path, artifact: Path) -> Path:
-    d = tmp_path / "models"
-    d.mkdir()
-    shutil.copy(artifact, d / "parts.safetensors")
-    return d
-
-
-@pytest.fixture
-def make_client(models_dir: Path):
-    @contextmanager
-    def _make(**overrides) -> Iterator[TestClient]:
-        settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, **overrides)
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            yield client
-    return _make
-
-
-@pytest.fixture
-def client(make_client) -> Iterator[TestClient]:
-    with make_client(api_key="s3cret-key") as c:
-        yield c
 
 
 def free_port() -> int:
