@@ -59,11 +59,16 @@ Model = Annotated[Served, Depends(get_model)]
 HeatmapQ = Annotated[Literal["none", "png", "raw"], Query(description="include a heat map")]
 
 
+def _safe_name(name: str | None) -> str | None:
+    return name.replace("\\", "/").rsplit("/", 1)[-1][:255] if name else None
+
+
 async def _images_from_request(request: Request, settings: Settings, many: bool) -> list[tuple[str | None, bytes]]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         form = await request.form(max_files=settings.max_batch_files if many else 1, max_fields=16)
-        files = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        # only the base name of a client's file name is kept, and only to echo it back
+        files = [(_safe_name(v.filename), await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
             raise HTTPException(422, "multipart body holds no file; send the image in a file field")
         return files

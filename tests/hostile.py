@@ -1,0 +1,210 @@
+"""A corpus of hostile and broken requests, generated here (no binaries committed).
+
+Each case is sent to a running service; ``expected`` is the set of acceptable status
+codes (200 = a legal image that must be scored). Used by tests/service/test_hostile.py
+and bench/reliability.py.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.images import encode, part_png, png_bomb
+
+
+@dataclass
+class Case:
+    name: str
+    expected: set[int]
+    method: str = "POST"
+    path: str = "/v1/models/parts/inspect"
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "image/png"})
+    files: Any = None
+    data: Any = None
+    raw: bytes | None = None
+    """Sent byte by byte over a socket instead of through httpx (malformed or slow HTTP)."""
+    stall_s: float = 0.0
+
+
+def _rgb(h: int = 96, w: int = 160, seed: int = 0) -> np.ndarray:
+    import cv2
+
+    from models.synthetic import good_part
+
+    return cv2.resize(good_part(np.random.default_rng(seed)), (w, h))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_corrupt_zlib() -> bytes:
+    png = part_png(3)
+    i = png.index(b"IDAT") + 4 + 40
+    return png[:i] + bytes(b ^ 0x5A for b in png[i : i + 200]) + png[i + 200 :]
+
+
+def _png_zero_width() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 0, 10, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
+
+
+def _jpeg_huge_dims() -> bytes:
+    """A small JPEG whose SOF header is rewritten to claim 60000 x 60000 pixels."""
+    jpg = bytearray(encode(Image.fromarray(_rgb()), "JPEG"))
+    i = jpg.index(b"\xff\xc0")
+    jpg[i + 5 : i + 9] = struct.pack(">HH", 60000, 60000)
+    return bytes(jpg)
+
+
+def _gif_animated() -> bytes:
+    frames = [Image.fromarray(_rgb(seed=s)).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def _tiff_multipage() -> bytes:
+    pages = [Image.fromarray(_rgb(seed=s)) for s in range(3)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+def exif_rotated_png() -> tuple[bytes, bytes]:
+    """(upright PNG, the same pixels stored rotated with EXIF orientation 6 = 'rotate 90 CW to show')."""
+    upright = Image.fromarray(_rgb(120, 200, seed=4))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # viewer rotates it back by 90 degrees clockwise
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    return encode(upright, "PNG"), encode(stored, "PNG", exif=exif)
+
+
+def _multipart_raw(body: bytes, boundary: str = "XyZ") -> dict[str, str]:
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def build_corpus(max_body: int) -> list[Case]:
+    rng = np.random.default_rng(0)
+    good = part_png(11)
+    rgb = _rgb()
+    jpeg = encode(Image.fromarray(rgb), "JPEG")
+    upright, rotated = exif_rotated_png()
+    pal = Image.fromarray(rgb).convert("P")
+    pal_t = pal.copy()
+    pal_t.info["transparency"] = 0
+    ok, score = {200}, {200}
+    bad_img = {415, 422}
+    c: list[Case] = [
+        Case("empty body", {422}, content=b""),
+        Case("random bytes 1 KB", {415}, content=rng.bytes(1024)),
+        Case("random bytes 200 KB", {415}, content=rng.bytes(200_000)),
+        Case("HTML sent as image/png", {415}, content=b"<!doctype html><html><body>hi</body></html>"),
+        Case("JSON sent as image/png", {415}, content=b'{"image": "base64..."}'),
+        Case("HTML with text/html", {415}, content=b"<html></html>", headers={"content-type": "text/html"}),
+        Case("JSON with application/json", {415}, content=b"{}", headers={"content-type": "application/json"}),
+        Case("no content-type", {415}, content=good, headers={}),
+        Case("PNG bytes as text/plain", {415}, content=good, headers={"content-type": "text/plain"}),
+        Case("PNG bytes as octet-stream", ok, content=good, headers={"content-type": "application/octet-stream"}),
+        Case("PNG bytes as image/jpeg (lying type)", ok, content=good, headers={"content-type": "image/jpeg"}),
+        Case("truncated PNG, 100 bytes", bad_img, content=good[:100]),
+        Case("truncated PNG, half", bad_img, content=good[: len(good) // 2]),
+        Case("truncated JPEG, half", bad_img, content=jpeg[: len(jpeg) // 2]),
+        Case("JPEG header only", bad_img, content=jpeg[:24]),
+        Case("PNG with corrupt zlib stream", bad_img, content=_png_corrupt_zlib()),
+        Case("PNG bomb 100000x100000", {413}, content=png_bomb()),
+        Case("PNG bomb 20000x20000", {413}, content=png_bomb(20_000, 20_000)),
+        Case("JPEG claiming 60000x60000", {413}, content=_jpeg_huge_dims()),
+        Case("zero-width PNG", bad_img, content=_png_zero_width()),
+        Case("one-pixel PNG", score, content=encode(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), "PNG")),
+        Case("1x2000 line PNG", score, content=encode(Image.fromarray(np.zeros((1, 2000, 3), np.uint8)), "PNG")),
+        Case("16-bit grayscale PNG", score,
+             content=encode(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "PNG")),
+        Case("32-bit integer TIFF", score, content=encode(Image.fromarray(rgb[..., 0].astype(np.int32) * 100), "TIFF")),
+        Case("float TIFF", score, content=encode(Image.fromarray(rgb[..., 0].astype(np.float32) / 255), "TIFF")),
+        Case("palette PNG", score, content=encode(pal, "PNG")),
+        Case("palette PNG with transparency", score, content=encode(pal_t, "PNG", transparency=0)),
+        Case("RGBA PNG", score, content=encode(Image.fromarray(rgb).convert("RGBA"), "PNG")),
+        Case("LA PNG", score, content=encode(Image.fromarray(rgb).convert("LA"), "PNG")),
+        Case("CMYK JPEG", score, content=encode(Image.fromarray(rgb).convert("CMYK"), "JPEG")),
+        Case("grayscale JPEG", score, content=encode(Image.fromarray(rgb[..., 0]), "JPEG")),
+        Case("animated GIF", score, content=_gif_animated()),
+        Case("multi-page TIFF", score, content=_tiff_multipage()),
+        Case("BMP", score, content=encode(Image.fromarray(rgb), "BMP")),
+        Case("WebP", score, content=encode(Image.fromarray(rgb), "WEBP")),
+        Case("EXIF-rotated PNG", score, content=rotated),
+        Case("multipart with no file", {422}, headers={}, files={"comment": (None, b"no file here")}),
+        Case("form-urlencoded body", {415}, headers={}, data={"image": "not a file"}),
+        Case("multipart with two files on single inspect", {400, 413, 422}, headers={},
+             files=[("a", ("a.png", good, "image/png")), ("b", ("b.png", good, "image/png"))]),
+        Case("path-traversal file name", score, headers={},
+             files={"file": ("../../../etc/passwd", good, "image/png")}),
+        Case("batch with too many files", {400, 413, 422}, path="/v1/models/parts/inspect/batch", headers={},
+             files=[("files", (f"{i}.png", b"x", "image/png")) for i in range(40)]),
+        Case("batch as raw body", {415}, path="/v1/models/parts/inspect/batch", content=good),
+        Case("multipart without boundary", {400, 422}, content=b"--x\r\n",
+             headers={"content-type": "multipart/form-data"}),
+        Case("multipart with garbage body", {400, 422}, content=b"not multipart at all",
+             headers=_multipart_raw(b"")),
+        Case("oversized body (Content-Length)", {413}, content=b"\0" * (max_body + 1)),
+        Case("oversized chunked body", {413}, content=None, raw=(
+            b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + (b"100000\r\n" + b"\0" * 0x100000 + b"\r\n") *
+            (max_body // 0x100000 + 2) + b"0\r\n\r\n")),
+        Case("slow body (slowloris)", {408}, raw=(
+            b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+            b"content-length: 100000\r\n\r\n" + good[:1000]), stall_s=6.0),
+        Case("invalid heatmap option", {422}, path="/v1/models/parts/inspect?heatmap=svg", content=good),
+        Case("GET on inspect", {405}, method="GET", content=None),
+        Case("unknown model", {404}, path="/v1/models/nope/inspect", content=good),
+        Case("model name ../parts (encoded)", {404}, path="/v1/models/..%2Fparts/inspect", content=good),
+        Case("model name with NUL", {404}, path="/v1/models/parts%00/inspect", content=good),
+        Case("model name 300 chars", {404}, path="/v1/models/" + "a" * 300 + "/inspect", content=good),
+        Case("model card of ../../etc", {404}, method="GET", path="/v1/models/..%2F..%2Fetc", content=None),
+        Case("admin reload, malformed JSON, no key", {401}, path="/v1/models/reload", content=b"{bad json",
+             headers={"content-type": "application/json"}),
+        Case("admin reload, malformed JSON, wrong key", {401}, path="/v1/models/parts/reload", content=b"{bad",
+             headers={"content-type": "application/json", "authorization": "Bearer nope"}),
+        Case("admin reload of ../parts", {401, 404}, path="/v1/models/..%2Fparts/reload", content=b""),
+    ]
+    return c
+
+
+def send(base_url: str, case: Case, timeout: float = 60.0) -> tuple[int, str, dict]:
+    """-> (status, body text, headers); status 0 if the server closed without a response."""
+    if case.raw is not None:
+        host, port = base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+            try:
+                s.sendall(case.raw)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server may answer 413 and close before the whole body is sent
+            if case.stall_s:
+                time.sleep(case.stall_s)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+                    if b"\r\n\r\n" in data and len(data) > 200:
+                        break
+            except (ConnectionResetError, TimeoutError):
+                pass
+        if not data.startswith(b"HTTP/1.1 "):
+            return 0, data.decode(errors="replace"), {}
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode(errors="replace"), {}
+    with httpx.Client(base_url=base_url, timeout=timeout) as c:
+        r = c.request(case.method, case.path, content=case.content, headers=case.headers, files=case.files,
+                      data=case.data)
+        return r.status_code, r.text, dict(r.headers)
