@@ -61,8 +61,8 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class SAEConfig:
-    expansion: int = 4
-    """Dictionary size as a multiple of the feature dimension."""
+    expansion: int = 8
+    """Dictionary size as a multiple of the feature dimension (8 x 152 = 1216 atoms by default)."""
     k: int = 16
     """Active latents per patch (TopK)."""
     aux_k: int = 64
