@@ -18,8 +18,9 @@ import torch
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
 from models.config import ModelConfig
+from models.explain import Atlas, RegionExplanation, box_cells, explain_region
 from models.features import extract_features, standardize
-from models.preprocess import Layout, make_canvases, stitch
+from models.preprocess import Layout, make_canvases, stitch, valid_cells
 from models.sae import TopKSAE, patch_error
 from models.scoring import Region, anomaly_maps, conformal_p_value, find_regions, image_score
 
@@ -75,13 +76,14 @@ def _sha256_cached(backbone: Backbone) -> str:
 class Detector:
     def __init__(self, config: ModelConfig, backbone: Backbone, feat_mean: torch.Tensor,
                  feat_std: torch.Tensor, sae: TopKSAE, calibration: Calibration | None = None,
-                 meta: dict[str, Any] | None = None, batch_size: int = 16):
+                 meta: dict[str, Any] | None = None, batch_size: int = 16, atlas: Atlas | None = None):
         self.config, self.backbone = config, backbone
         self.device = next(iter(sae.parameters())).device
         self.feat_mean, self.feat_std = feat_mean.to(self.device), feat_std.to(self.device)
         self.sae = sae.eval().requires_grad_(False)
         self.calibration, self.meta = calibration, dict(meta or {})
         self.batch_size = batch_size
+        self.atlas = atlas
 
     # ---- artifact -------------------------------------------------------------------
     @classmethod
@@ -109,11 +111,14 @@ class Detector:
             raise ArtifactError(f"{path}: inconsistent artifact ({type(e).__name__}: {e})") from e
         if w_dec.shape[0] != tensors["feat_mean"].numel():
             raise ArtifactError(f"{path}: SAE input size does not match the feature statistics")
-        return cls(config, backbone, tensors["feat_mean"], tensors["feat_std"], sae.to(dev), calib, meta)
+        return cls(config, backbone, tensors["feat_mean"], tensors["feat_std"], sae.to(dev), calib, meta,
+                   atlas=Atlas.from_tensors(tensors))
 
     def save(self, path: str | Path) -> str:
         tensors = {"feat_mean": self.feat_mean, "feat_std": self.feat_std}
         tensors |= {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        if self.atlas is not None:
+            tensors |= self.atlas.tensors()
         meta = dict(self.meta)
         meta["calibration"] = asdict(self.calibration) if self.calibration else None
         meta["backbone_sha256"] = _sha256_cached(self.backbone)
@@ -153,22 +158,60 @@ class Detector:
             start += len(canvases)
         return out
 
+    @property
+    def _min_region_area(self) -> int:
+        """Regions smaller than a quarter of a feature cell are smoothing noise, not defects."""
+        stride = 2 ** (min(self.config.backbone.stages) + 1)
+        return stride * stride // 4
+
     def score_map(self, work_map: np.ndarray) -> float:
         s = self.config.scoring
         return image_score(work_map, s.image_score, s.top_fraction)
+
+    def _inspection(self, work_map: np.ndarray, layout: Layout) -> Inspection:
+        cal = self.calibration
+        score = self.score_map(work_map)
+        (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
+        regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self._min_region_area)
+        return Inspection(score, cal.threshold, conformal_p_value(score, np.asarray(cal.scores)),
+                          bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
+                          work_map, layout, regions)
 
     def inspect(self, images: list[np.ndarray]) -> list[Inspection]:
         """Score decoded (H, W, 3) float images; needs a calibrated detector."""
         if self.calibration is None:
             raise RuntimeError("detector is not calibrated")
-        cal = self.calibration
-        scores = np.asarray(cal.scores)
-        results = []
-        for work_map, layout in self.maps(images):
-            score = self.score_map(work_map)
-            (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
-            regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh))
-            results.append(Inspection(score, cal.threshold, conformal_p_value(score, scores),
-                                      bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
-                                      work_map, layout, regions))
-        return results
+        return [self._inspection(work_map, layout) for work_map, layout in self.maps(images)]
+
+    @torch.inference_mode()
+    def explain(self, image: np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
+        """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""
+        if self.atlas is None or self.calibration is None:
+            raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")
+        cfg = self.config
+        size, stride = cfg.preprocess.size, 2 ** (min(cfg.backbone.stages) + 1)
+        canvases, layout = make_canvases(image, cfg.preprocess)
+        f = self.features(canvases)  # (B, h, w, C)
+        z, _ = self.sae.encode(f.flatten(0, 2))
+        z = z.view(*f.shape[:3], -1)  # (B, h, w, n)
+        err = patch_error(f, self.sae.decode(z.flatten(0, 2)).view_as(f))  # (B, h, w)
+        maps = anomaly_maps(err, size, cfg.scoring.sigma).cpu().numpy()
+        result = self._inspection(stitch(maps, layout), layout)
+        found = find_regions(result.anomaly_map, self.calibration.pixel_threshold, (1.0, 1.0), max_regions,
+                             self._min_region_area)
+        boxes = [(r.x, r.y, r.width, r.height) for r in found]
+        if not boxes:
+            py, px = np.unravel_index(int(result.anomaly_map.argmax()), result.anomaly_map.shape)
+            boxes = [(max(0, px - stride // 2), max(0, py - stride // 2), stride, stride)]
+        valid = valid_cells(layout, size, stride)
+        (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
+        out = []
+        for x, y, w, h in boxes:
+            cy, cx = y + h / 2, x + w / 2
+            ci = next((i for i, (wy, wx, hh, wd) in enumerate(layout.windows)
+                       if wy <= cy < wy + hh and wx <= cx < wx + wd), 0)
+            cells = box_cells((x, y, w, h), layout.windows[ci], size, stride)
+            total = float(err[ci][torch.from_numpy(valid[ci]).to(err.device)].sum())
+            box = (round(x * ow / ww), round(y * oh / wh), max(1, round(w * ow / ww)), max(1, round(h * oh / wh)))
+            out.append(explain_region(z[ci].cpu(), err[ci].cpu(), cells, total, self.atlas, size // stride, box))
+        return result, out

@@ -63,14 +63,17 @@ class Region(NamedTuple):
 
 
 def find_regions(work_map: np.ndarray, threshold: float, scale_xy: tuple[float, float],
-                 max_regions: int = 32) -> list[Region]:
-    """Connected areas of `work_map` above `threshold`, boxes in original pixels, largest first."""
+                 max_regions: int = 32, min_area: int = 1) -> list[Region]:
+    """Connected areas of `work_map` above `threshold` (at least `min_area` map pixels),
+    boxes in original pixels, largest first."""
     mask = (work_map > threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     sx, sy = scale_xy
     out = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_area:
+            continue
         peak = float(work_map[labels == i].max())
         out.append(Region(round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)),
                           max(1, round(area * sx * sy)), peak))

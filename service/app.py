@@ -8,10 +8,12 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -128,6 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")
     app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
     app.include_router(router)
+    static = Path(__file__).parent / "static"
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(static / "index.html")
+
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        metrics=metrics)
 

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from models.artifact import ArtifactError
+from models.explain import atlas_png
 from models.imageio import ImageDecodeError, decode_image
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
@@ -57,6 +58,7 @@ def require_admin(request: Request, settings: Annotated[Settings, Depends(get_se
 
 Model = Annotated[Served, Depends(get_model)]
 HeatmapQ = Annotated[Literal["none", "png", "raw"], Query(description="include a heat map")]
+ExplainQ = Annotated[bool, Query(description="explain the anomalous regions with the SAE's latent atlas")]
 
 
 def _safe_name(name: str | None) -> str | None:
@@ -107,6 +109,35 @@ def _response(request: Request, name: str, image: np.ndarray, result: Result, fi
         heatmap=hm)
 
 
+def _explanation(det, regions, seconds: float) -> schemas.Explanation:
+    def pngs(j: int) -> list[str]:
+        return [b64(p) for p in atlas_png(det.atlas, j)]
+
+    out = []
+    for e in regions:
+        x, y, w, h = e.box
+        out.append(schemas.RegionExplanationOut(
+            x=x, y=y, width=w, height=h, error_share=e.error_share, kind=e.kind, novelty=e.novelty,
+            misplacement=e.misplacement,
+            unusual=[schemas.LatentOut(**u._asdict(), atlas=pngs(u.latent)) for u in e.unusual],
+            expected=[schemas.ExpectedOut(latent=j, rate_here=r, atlas=pngs(j)) for j, r in e.expected]))
+    return schemas.Explanation(regions=out, seconds=seconds)
+
+
+async def _explain(registry: ModelRegistry, name: str, image: np.ndarray) -> tuple[Result, schemas.Explanation]:
+    """Explanations need the latents, so they run their own pass in the inference thread."""
+    served = registry.models.get(name)
+    if served is None:
+        raise HTTPException(404, f"model {name!r} was unloaded")
+    det = served.detector
+    if det.atlas is None:
+        raise HTTPException(422, f"model {name!r} has no latent atlas (fitted by an older version); refit it")
+    t0 = time.perf_counter()
+    inspection, regions = await asyncio.get_running_loop().run_in_executor(registry.executor, det.explain, image)
+    elapsed = time.perf_counter() - t0
+    return Result(inspection, det, 0.0, elapsed, 1), _explanation(det, regions, elapsed)
+
+
 async def _submit(registry: ModelRegistry, name: str, image: np.ndarray) -> Result:
     """Queue on the model's current batcher; follow a hot swap that happens meanwhile."""
     for _ in range(5):
@@ -121,7 +152,7 @@ async def _submit(registry: ModelRegistry, name: str, image: np.ndarray) -> Resu
 
 
 async def _inspect_one(request: Request, name: str, filename: str | None, data: bytes, heatmap: str,
-                       settings: Settings, metrics: Metrics) -> schemas.Inspection:
+                       settings: Settings, metrics: Metrics, explain: bool = False) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
         image = await _decode(data, settings, filename)
@@ -129,13 +160,18 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
         metrics.requests.labels(name, {413: "too_large", 415: "unsupported"}.get(e.status_code, "bad_image")).inc()
         raise
     decode_s = time.perf_counter() - t0
+    explanation = None
     try:
-        result = await _submit(request.app.state.registry, name, image)
+        if explain:
+            result, explanation = await _explain(request.app.state.registry, name, image)
+        else:
+            result = await _submit(request.app.state.registry, name, image)
     except QueueFull:
         metrics.requests.labels(name, "overloaded").inc()
         raise HTTPException(503, f"model {name!r} is at capacity; retry shortly",
                             headers={"Retry-After": "1"}) from None
     resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
+    resp.explanation = explanation
     r = result.inspection
     metrics.requests.labels(name, resp.verdict).inc()
     metrics.images.labels(name).inc()
@@ -153,10 +189,11 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                         415: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody},
                         503: {"model": schemas.ErrorBody}})
 async def inspect(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
-                  metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none") -> schemas.Inspection:
+                  metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none",
+                  explain: ExplainQ = False) -> schemas.Inspection:
     """Inspect one image: multipart upload (any file field) or a raw image/* body."""
     (filename, data), = await _images_from_request(request, settings, many=False)
-    return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics)
+    return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain)
 
 
 @router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"])

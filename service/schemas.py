@@ -32,6 +32,41 @@ class Heatmap(BaseModel):
     pixel_threshold: float
 
 
+class LatentOut(BaseModel):
+    latent: int
+    region_rate: float = Field(description="fraction of the region's patches where this latent fires")
+    good_rate: float = Field(description="fraction of good patches where it fires")
+    activation: float
+    good_max_activation: float
+    never_seen: bool = Field(description="fires here more strongly than anywhere on good products")
+    atlas: list[str] = Field(description="base64 PNG crops of good parts where this latent fires most")
+
+
+class ExpectedOut(BaseModel):
+    latent: int
+    rate_here: float = Field(description="how often good products use this latent at this place")
+    atlas: list[str]
+
+
+class RegionExplanationOut(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    error_share: float = Field(description="this region's share of the image's reconstruction error")
+    kind: Literal["novel", "misplaced"] = Field(
+        description="novel: looks like nothing in good products; misplaced: like a different part of them")
+    novelty: float
+    misplacement: float
+    unusual: list[LatentOut]
+    expected: list[ExpectedOut]
+
+
+class Explanation(BaseModel):
+    regions: list[RegionExplanationOut]
+    seconds: float
+
+
 class Inspection(BaseModel):
     request_id: str
     model: str
@@ -46,6 +81,7 @@ class Inspection(BaseModel):
     regions: list[RegionOut]
     timings: Timings
     heatmap: Heatmap | None = None
+    explanation: Explanation | None = None
 
 
 class BatchInspection(BaseModel):

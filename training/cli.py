@@ -1,4 +1,4 @@
-"""`sae-inspect`: fit | evaluate | score | demo-data.
+"""`sae-inspect`: fit | evaluate | score | explain | demo-data.
 
 Errors the user can fix (missing folder, bad file, unwritable output) end with one
 line naming the file and the problem and exit status 2, never a traceback.
@@ -134,6 +134,22 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_explain(a: argparse.Namespace) -> None:
+    from training.report import write_explanation
+
+    det = Detector.from_artifact(a.model, a.device)
+    image = read_image(a.image)
+    result, regions = det.explain(image)
+    write_explanation(image, result, regions, det, Path(a.out))
+    verdict = "anomalous" if result.anomalous else "good"
+    print(f"{a.image}\tscore={result.score:.6g}\tthreshold={result.threshold:.6g}\tp={result.p_value:.4f}\t{verdict}")
+    for i, e in enumerate(regions, 1):
+        print(f"region {i} {e.box}: {100 * e.error_share:.0f}% of the error, {e.kind} (novelty {e.novelty:.2f}, "
+              f"misplacement {e.misplacement:.2f}); unusual latents {[u.latent for u in e.unusual]}; "
+              f"expected here {[j for j, _ in e.expected]}")
+    log.info("wrote %s", a.out)
+
+
 def cmd_demo_data(a: argparse.Namespace) -> None:
     from models.synthetic import write_dataset
 
@@ -185,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_score)
+
+    x = sub.add_parser("explain", help="write an explanation image: heat map, regions, atlas crops")
+    x.add_argument("model")
+    x.add_argument("image")
+    x.add_argument("--out", required=True, help="PNG file to write")
+    x.add_argument("--device", default="auto")
+    x.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("demo-data", help="write generated good and defective parts (MVTec layout)")
     d.add_argument("out")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +45,10 @@ class FitConfig:
     """Reservoir size: patches kept for SAE training (memory = max_patches x dim x 4 B)."""
     image_batch: int = 8
     """Images per backbone forward during extraction."""
+    atlas_crops: int = 2
+    """Good-image crops kept per latent for explanations (0 = no atlas)."""
+    atlas_crop_px: int = 24
+    """Side of each atlas crop in canvas pixels."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,27 +59,36 @@ class FitConfig:
 
 
 class Reservoir:
-    """Uniform sample of at most `capacity` rows from a stream (algorithm R, vectorised)."""
+    """Uniform sample of at most `capacity` rows from a stream (algorithm R, vectorised).
 
-    def __init__(self, capacity: int, dim: int, seed: int = 0):
+    Each row carries an int32 tag (here: image, canvas, cell row, cell column) so the
+    atlas can find the good-image patch a latent fires on most.
+    """
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0, tag_dim: int = 4):
         self.data = np.empty((capacity, dim), np.float32)
+        self.tags = np.empty((capacity, tag_dim), np.int32)
         self.capacity, self.seen = capacity, 0
         self.rng = np.random.default_rng(seed)
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, tags: np.ndarray | None = None) -> None:
+        tags = np.zeros((len(rows), self.tags.shape[1]), np.int32) if tags is None else tags
         n_fill = min(len(rows), self.capacity - self.seen) if self.seen < self.capacity else 0
         if n_fill:
             self.data[self.seen : self.seen + n_fill] = rows[:n_fill]
+            self.tags[self.seen : self.seen + n_fill] = tags[:n_fill]
         rest = rows[n_fill:]
         if len(rest):
             positions = self.seen + n_fill + np.arange(len(rest))  # 0-based stream index
             slots = (self.rng.random(len(rest)) * (positions + 1)).astype(np.int64)
             keep = slots < self.capacity
             self.data[slots[keep]] = rest[keep]  # later rows win ties, as sequential R would
+            self.tags[slots[keep]] = tags[n_fill:][keep]
         self.seen += len(rows)
 
-    def sample(self) -> np.ndarray:
-        return self.data[: min(self.seen, self.capacity)]
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        n = min(self.seen, self.capacity)
+        return self.data[:n], self.tags[:n]
 
 
 def iter_images(paths: Sequence[Path], workers: int = 2, ahead: int = 16) -> Iterator[tuple[Path, np.ndarray | None]]:
@@ -101,39 +115,56 @@ def iter_images(paths: Sequence[Path], workers: int = 2, ahead: int = 16) -> Ite
             yield q, fut.result()
 
 
+class Extracted(NamedTuple):
+    patches: np.ndarray
+    """(N, C) raw patch features sampled from all good images."""
+    tags: np.ndarray
+    """(N, 4) int32: index into `paths`, canvas, cell row, cell column of each patch."""
+    paths: list[Path]
+    """Images that decoded, in tag order."""
+
+
 def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[Path],
-                      fit_cfg: FitConfig, device: torch.device) -> tuple[np.ndarray, int]:
-    """Stream good images through the backbone -> (reservoir of raw patch features, images used)."""
+                      fit_cfg: FitConfig, device: torch.device) -> Extracted:
+    """Stream good images through the backbone into a bounded reservoir of patch features."""
     pre, bb = config.preprocess, config.backbone
     stride = 2 ** (min(bb.stages) + 1)
     reservoir: Reservoir | None = None
-    used, pending, pending_valid = 0, [], []
+    used: list[Path] = []
+    pending, pending_valid, pending_img = [], [], []
 
     def flush() -> None:
         nonlocal reservoir
         feats = extract_features(backbone, np.concatenate(pending), bb.mean, bb.std,
                                  config.scoring.pool, device).float().cpu().numpy()
-        rows = feats[np.concatenate(pending_valid)]  # (n_valid, C), padding cells dropped
+        valid = np.concatenate(pending_valid)  # (B, h, w) bool
+        canvas_image = np.concatenate(pending_img)  # (B, 2): image index, canvas index
+        b, gy, gx = np.nonzero(valid)
+        rows = feats[b, gy, gx]  # (n_valid, C), padding cells dropped
+        tags = np.stack([canvas_image[b, 0], canvas_image[b, 1], gy, gx], 1).astype(np.int32)
         if reservoir is None:
             reservoir = Reservoir(fit_cfg.max_patches, rows.shape[1], fit_cfg.seed)
-        reservoir.add(rows)
+        reservoir.add(rows, tags)
         pending.clear()
         pending_valid.clear()
+        pending_img.clear()
 
-    for _, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img", mininterval=2.0):
+    for path, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img", mininterval=2.0):
         if img is None:
             continue
         canvases, layout = make_canvases(img, pre)
         pending.append(canvases)
         pending_valid.append(valid_cells(layout, pre.size, stride))
-        used += 1
+        pending_img.append(np.stack([np.full(len(canvases), len(used)), np.arange(len(canvases))], 1))
+        used.append(path)
         if sum(len(c) for c in pending) >= fit_cfg.image_batch:
             flush()
     if pending:
         flush()
     if reservoir is None:
         raise ValueError("no usable images: every file failed to decode")
-    return reservoir.sample(), used
+    patches, tags = reservoir.sample()
+    return Extracted(patches, tags, used)
 
 
 def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
@@ -196,7 +227,8 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     """Good images -> uncalibrated detector (feature statistics + SAE)."""
     backbone = shared_backbone(config.backbone.name, config.backbone.stages, backbone_weights, str(device))
     t0 = time.perf_counter()
-    raw, used = extract_reservoir(backbone, config, paths, fit_cfg, device)
+    extracted = extract_reservoir(backbone, config, paths, fit_cfg, device)
+    raw, used = extracted.patches, len(extracted.paths)
     t_feat = time.perf_counter() - t0
     progress(f"extracted {used} images in {t_feat:.1f}s ({used / t_feat:.1f} img/s); "
              f"reservoir holds {len(raw)} patches of dim {raw.shape[1]}")
@@ -211,9 +243,16 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     x = standardize(raw_t, mean, std)
     sae, stats = train_sae(x, config, fit_cfg, init=sae0)
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    atlas = None
+    if fit_cfg.atlas_crops:
+        from training.atlas import build_atlas
+
+        atlas = build_atlas(sae, x, extracted.tags, extracted.paths, config, fit_cfg.atlas_crops,
+                            fit_cfg.atlas_crop_px)
+        progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
             "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9)}
-    return Detector(config, backbone, mean, std, sae.to(device), None, meta)
+    return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas)
 
 
 def split_calibration(paths: Sequence[Path], fraction: float, min_count: int,

@@ -60,3 +60,42 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def write_explanation(image: np.ndarray, result, regions, detector: Detector, path: Path) -> None:
+    """Image + heat map + region boxes, and per region the atlas crops of unusual and expected latents."""
+    from matplotlib.patches import Rectangle
+
+    from models.preprocess import to_original
+
+    n_rows = 1 + len(regions)
+    fig = plt.figure(figsize=(12, 3.2 * n_rows))
+    ax = fig.add_subplot(n_rows, 1, 1)
+    ax.imshow(image)
+    amap = to_original(result.anomaly_map, result.layout)
+    ax.imshow(amap, cmap="jet", alpha=0.4, vmin=0, vmax=max(result.threshold, float(amap.max())))
+    for i, e in enumerate(regions, 1):
+        x, y, w, h = e.box
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, color="red", lw=2))
+        ax.text(x, y - 3, str(i), color="red", fontsize=12, weight="bold")
+    verdict = "ANOMALOUS" if result.anomalous else "good"
+    ax.set_title(f"{verdict}: score {result.score:.4g} (threshold {result.threshold:.4g}, p = {result.p_value:.3g})")
+    ax.axis("off")
+    atlas = detector.atlas
+    for i, e in enumerate(regions, 1):
+        row = fig.add_subplot(n_rows, 1, 1 + i)
+        row.axis("off")
+        what = "looks like nothing in good products" if e.kind == "novel" else \
+            "looks like a different part of good products"
+        row.set_title(f"region {i}: {100 * e.error_share:.0f}% of the error; {what} "
+                      f"(novelty {e.novelty:.2f}, misplacement {e.misplacement:.2f})", fontsize=10)
+        tiles = [(f"#{u.latent}{' new' if u.never_seen else ''}", atlas.crops[u.latent, 0].numpy()) for u in e.unusual]
+        tiles += [(f"#{j} expected", atlas.crops[j, 0].numpy()) for j, _ in e.expected]
+        for k, (label, crop) in enumerate(tiles):
+            sub = row.inset_axes([k / max(len(tiles), 10), 0.05, 0.9 / max(len(tiles), 10), 0.75])
+            sub.imshow(crop)
+            sub.set_title(label, fontsize=7)
+            sub.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

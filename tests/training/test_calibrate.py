@@ -11,7 +11,7 @@ def test_reservoir_is_bounded_and_uniform():
     r = Reservoir(capacity=1000, dim=1, seed=0)
     for start in range(0, 100_000, 777):
         r.add(np.arange(start, min(start + 777, 100_000), dtype=np.float32)[:, None])
-    sample = r.sample()[:, 0]
+    sample = r.sample()[0][:, 0]
     assert len(sample) == 1000 and r.seen == 100_000 and len(np.unique(sample)) == 1000
     assert 40_000 < sample.mean() < 60_000  # uniform over the whole stream, not its start
 

@@ -1,0 +1,62 @@
+"""The inspection console in a real browser: Debian's Chromium driven by Playwright (no browser download)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+from tests.helpers import running_server
+from tests.images import part_png
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def test_explain_in_api_response(client):
+    r = client.post("/v1/models/parts/inspect?explain=true", content=part_png(31, defect="spot"),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 200
+    ex = r.json()["explanation"]
+    assert ex["regions"] and ex["regions"][0]["kind"] in ("novel", "misplaced")
+    assert ex["regions"][0]["unusual"][0]["atlas"]  # base64 PNG crops of good parts
+    assert 0 < ex["regions"][0]["error_share"] <= 1
+
+
+def test_console_is_served_without_a_cdn(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "SAE Inspect" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' not installed (.ci/run installs it)")
+def test_console_in_headless_chromium(models_dir, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = tmp_path / "defect.png"
+    image.write_bytes(part_png(32, defect="scratch"))
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0)
+    with running_server(settings) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1200})
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#verdict:has-text('ANOMALOUS')", timeout=60_000)
+            assert page.evaluate("document.getElementById('overlay').complete && "
+                                 "document.getElementById('overlay').naturalWidth > 0")
+            assert page.locator(".box").count() >= 1
+            assert page.locator(".region").count() >= 1
+            page.fill("#opacity", "20")
+            page.dispatch_event("#opacity", "input")
+            assert page.evaluate("getComputedStyle(document.getElementById('overlay')).opacity") == "0.2"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+            page.goto(url + "/#model")
+            page.wait_for_selector("#card td")
+            assert "Calibration images" in page.inner_text("#card")
+        finally:
+            browser.close()

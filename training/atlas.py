@@ -1,0 +1,78 @@
+"""Build the latent atlas at fit time: firing statistics and good-image crops per SAE latent."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.config import ModelConfig
+from models.explain import GRID, Atlas, grid_index
+from models.imageio import ImageDecodeError, read_image
+from models.preprocess import make_canvases
+from models.sae import TopKSAE
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def latent_statistics(sae: TopKSAE, x: torch.Tensor, grid_cells: np.ndarray, per_latent: int,
+                      chunk: int = 8192) -> tuple[Atlas, torch.Tensor, torch.Tensor]:
+    """Stream (N, d) standardised patches through the SAE.
+
+    grid_cells: (N, 2) atlas-grid row/col of each patch. Returns an atlas without crops,
+    and the (m, n) top activations with their row indices.
+    """
+    n = sae.n_latents
+    count, act_sum, act_max = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    loc = torch.zeros(n, GRID * GRID)
+    flat = torch.from_numpy(grid_cells[:, 0] * GRID + grid_cells[:, 1]).long()
+    cell_count = torch.bincount(flat, minlength=GRID * GRID).float()
+    top_v = torch.full((per_latent, n), -1.0)
+    top_i = torch.zeros(per_latent, n, dtype=torch.long)
+    for start in range(0, len(x), chunk):
+        z, _ = sae.encode(x[start : start + chunk])  # (c, n)
+        active = (z > 0).float()
+        count += active.sum(0)
+        act_sum += z.sum(0)
+        act_max = torch.maximum(act_max, z.max(0).values)
+        loc.index_add_(1, flat[start : start + chunk], active.t())
+        v, i = z.topk(min(per_latent, len(z)), dim=0)
+        v, i = torch.cat([top_v, v]), torch.cat([top_i, i + start])
+        best = v.topk(per_latent, dim=0).indices
+        top_v, top_i = v.gather(0, best), i.gather(0, best)
+    atlas = Atlas(freq=count / len(x), mean_act=act_sum / count.clamp_min(1), max_act=act_max,
+                  loc_freq=(loc / cell_count.clamp_min(1)).view(n, GRID, GRID),
+                  crops=torch.zeros(0, dtype=torch.uint8))
+    return atlas, top_v, top_i
+
+
+def build_atlas(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, paths: Sequence[Path], config: ModelConfig,
+                per_latent: int = 2, crop: int = 24) -> Atlas:
+    """Statistics plus, per latent, `per_latent` crop x crop good-image patches where it fires most."""
+    size, stride = config.preprocess.size, 2 ** (min(config.backbone.stages) + 1)
+    stats, top_v, top_i = latent_statistics(sae.cpu(), x, grid_index(tags[:, 2:4], size // stride), per_latent)
+    crops = np.zeros((sae.n_latents, per_latent, crop, crop, 3), np.uint8)
+    wanted: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # image -> (latent, slot, row)
+    for slot in range(per_latent):
+        for j in torch.nonzero(top_v[slot] > 0).flatten().tolist():
+            row = int(top_i[slot, j])
+            wanted[int(tags[row, 0])].append((j, slot, row))
+    half = crop // 2
+    for img_idx, items in wanted.items():
+        try:
+            canvases, _ = make_canvases(read_image(paths[img_idx]), config.preprocess)
+        except ImageDecodeError as e:  # the file changed since extraction
+            log.warning("atlas: %s", e)
+            continue
+        padded = np.pad((canvases * 255).astype(np.uint8), ((0, 0), (half, half), (half, half), (0, 0)),
+                        mode="reflect")
+        for j, slot, row in items:
+            _, ci, gy, gx = (int(v) for v in tags[row])
+            cy, cx = gy * stride + stride // 2 + half, gx * stride + stride // 2 + half
+            crops[j, slot] = padded[ci, cy - half : cy + half, cx - half : cx + half]
+    return Atlas(stats.freq, stats.mean_act, stats.max_act, stats.loc_freq, torch.from_numpy(crops))
