@@ -30,7 +30,7 @@ COPY --from=builder /opt/venv /opt/venv
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin inspect \
     && mkdir -p /models && chown inspect /models
 ENV PATH=/opt/venv/bin:$PATH LD_LIBRARY_PATH=/usr/local/lib \
-    SAE_INSPECT_MODELS_DIR=/models SAE_INSPECT_DEVICE=auto PYTHONUNBUFFERED=1
+    SAE_INSPECT_MODELS_DIR=/models SAE_INSPECT_DEVICE=auto PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2
 USER 10001
 VOLUME ["/models"]
 EXPOSE 8000
@@ -46,7 +46,8 @@ FROM ${PYTHON_IMAGE} AS cpu
 COPY --from=builder /opt/venv /opt/venv
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin inspect \
     && mkdir -p /models && chown inspect /models
-ENV PATH=/opt/venv/bin:$PATH SAE_INSPECT_MODELS_DIR=/models SAE_INSPECT_DEVICE=cpu PYTHONUNBUFFERED=1
+ENV PATH=/opt/venv/bin:$PATH SAE_INSPECT_MODELS_DIR=/models SAE_INSPECT_DEVICE=cpu PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2
 USER 10001
 VOLUME ["/models"]
 EXPOSE 8000

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,8 @@ class LoadFailure:
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics, executor: Executor):
         self.settings, self.metrics, self.executor = settings, metrics, executor
+        # Loading + warm-up get their own thread: a reload must not wait behind a full inference queue.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.models: dict[str, Served] = {}
         self.failures: dict[str, LoadFailure] = {}
         self._lock = asyncio.Lock()
@@ -86,7 +88,7 @@ class ModelRegistry:
                 raise FileNotFoundError(f"no artifact named {name!r} in the models folder")
             try:
                 stamp = self._stamp(path)
-                det = await asyncio.get_running_loop().run_in_executor(self.executor, self._load_and_warm, path)
+                det = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_and_warm, path)
             except (ArtifactError, BackboneError, OSError, ValueError, RuntimeError) as e:
                 msg = str(e).replace(str(self.settings.models_dir) + "/", "")  # no server paths in replies
                 self.failures[name] = LoadFailure(name, msg)
@@ -166,3 +168,4 @@ class ModelRegistry:
     async def close(self) -> None:
         for served in list(self.models.values()):
             await served.batcher.drain_and_stop()
+        self._loader.shutdown(wait=True)
