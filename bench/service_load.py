@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 from bench.fit_eval import machine  # noqa: E402
 
 
-def bare_throughput(model: Path, images: list[Path], seconds: float) -> dict[str, float]:
+def bare_throughput(model: Path, images: list[Path], seconds: float, device: str) -> dict[str, float]:
     from models.detector import Detector
     from models.imageio import read_image
 
-    det = Detector.from_artifact(model, "cpu")
+    det = Detector.from_artifact(model, device)
     decoded = [read_image(p) for p in images[:64]]
     out = {}
     for bs in (1, 8):
@@ -82,18 +82,19 @@ def main() -> None:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     a = p.parse_args()
     images = sorted(x for x in a.images.rglob("*") if x.suffix.lower() in (".png", ".jpg", ".jpeg"))[:200]
     payloads = [x.read_bytes() for x in images]
     print("bare model throughput...", flush=True)
-    bare = bare_throughput(a.model, images, a.seconds / 2)
+    bare = bare_throughput(a.model, images, a.seconds / 2, a.device)
     print(bare, flush=True)
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(a.model, Path(d) / "bench.safetensors")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "SAE_INSPECT_MODELS_DIR": d, "SAE_INSPECT_DEVICE": "cpu",
+        env = {**os.environ, "SAE_INSPECT_MODELS_DIR": d, "SAE_INSPECT_DEVICE": a.device,
                "SAE_INSPECT_QUEUE_SIZE": "256", "SAE_INSPECT_MAX_BATCH_SIZE": "8"}
         server = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port), "--log-level", "warning"],
                                   env=env)
