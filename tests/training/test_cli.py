@@ -104,3 +104,12 @@ def test_failed_save_keeps_previous_artifact(fitted, small_data, tmp_path, monke
     assert "No space left on device" in capsys.readouterr().err
     assert target.read_bytes() == fitted.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_fit_with_labelled_defects_reports_f1_threshold_beside_conformal(small_data, tmp_path):
+    out = tmp_path / "d.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--defects", str(small_data), *FAST]) == 0
+    det = Detector.from_artifact(out, "cpu")
+    report = det.meta["f1_optimal_on_defects"]
+    assert {"threshold", "f1", "precision", "recall"} <= set(report)
+    assert det.calibration.threshold != report["threshold"]  # the decision rule stays conformal
