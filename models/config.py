@@ -43,6 +43,9 @@ class PreprocessConfig:
     'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
     size: int = 256
     """Canvas side in pixels fed to the backbone."""
+    margin: int = 16
+    """Letterbox only: reflected border around the content, so that no edge of the part sits
+    on the canvas edge where the CNN's zero padding makes features unlike the interior's."""
     tile_scale: float = 1.0
     """Tile mode only: scale applied before tiling (1.0 = native resolution)."""
     overlap: int = 32
@@ -53,6 +56,8 @@ class PreprocessConfig:
             raise ValueError(f"mode must be letterbox, resize or tile, got {self.mode!r}")
         if self.size < 32 or self.size % 32:
             raise ValueError(f"size must be a multiple of 32 and >= 32, got {self.size}")
+        if not 0 <= self.margin < self.size // 4:
+            raise ValueError(f"margin must be in [0, size/4), got {self.margin}")
         if not 0 < self.tile_scale <= 4:
             raise ValueError(f"tile_scale must be in (0, 4], got {self.tile_scale}")
         if not 0 <= self.overlap < self.size // 2:
@@ -116,9 +121,9 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         def build(kind: type, values: dict[str, Any]) -> Any:
             names = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - names
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+            unknown, missing = set(values) - names, names - set(values)
+            if unknown or missing:  # never guess a setting the artifact does not state
+                raise ValueError(f"{kind.__name__} fields unknown: {sorted(unknown)}, missing: {sorted(missing)}")
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
         return cls(

@@ -210,7 +210,7 @@ class Detector:
             cy, cx = y + h / 2, x + w / 2
             ci = next((i for i, (wy, wx, hh, wd) in enumerate(layout.windows)
                        if wy <= cy < wy + hh and wx <= cx < wx + wd), 0)
-            cells = box_cells((x, y, w, h), layout.windows[ci], size, stride)
+            cells = box_cells((x, y, w, h), layout.windows[ci], size, stride, layout.offset)
             total = float(err[ci][torch.from_numpy(valid[ci]).to(err.device)].sum())
             box = (round(x * ow / ww), round(y * oh / wh), max(1, round(w * ow / ww)), max(1, round(h * oh / wh)))
             out.append(explain_region(z[ci].cpu(), err[ci].cpu(), cells, total, self.atlas, size // stride, box))

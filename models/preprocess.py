@@ -2,8 +2,9 @@
 
 Three modes (``PreprocessConfig.mode``), recorded in the artifact:
 
-* ``letterbox`` (default): scale the long side to ``size``, keep the aspect ratio and
-  fill the rest of the square canvas by reflection. The padding is never scored.
+* ``letterbox`` (default): scale the long side to ``size - 2 * margin``, keep the aspect
+  ratio, place it ``margin`` pixels from the top-left corner and fill the rest of the
+  square canvas by reflection. The padding is never scored.
 * ``resize``: squash to ``size x size`` (what most tools do; thin defects on long
   parts can vanish).
 * ``tile``: scale by ``tile_scale`` (1.0 = native resolution) and cut overlapping
@@ -29,8 +30,9 @@ class Layout(NamedTuple):
     work_hw: tuple[int, int]
     """Height and width of the scaled image the anomaly map is defined on."""
     windows: tuple[tuple[int, int, int, int], ...]
-    """Per canvas: (y, x, h, w) of its valid part on the work image; the valid part
-    sits at the canvas's top-left corner."""
+    """Per canvas: (y, x, h, w) of its valid part on the work image."""
+    offset: int = 0
+    """Where the valid part starts inside each canvas (pixels from the top and the left)."""
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -40,13 +42,15 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pad bottom/right to (h, w) by reflection (replication when the image is too thin)."""
-    ph, pw = h - img.shape[0], w - img.shape[1]
-    if ph == 0 and pw == 0:
+def _pad_to(img: np.ndarray, h: int, w: int, offset: int = 0) -> np.ndarray:
+    """Pad to (h, w) by reflection, `offset` pixels on top/left and the rest bottom/right
+    (replication when the image is too thin to reflect)."""
+    ph, pw = h - img.shape[0] - offset, w - img.shape[1] - offset
+    if ph == 0 and pw == 0 and offset == 0:
         return img
-    border = cv2.BORDER_REFLECT_101 if ph < img.shape[0] and pw < img.shape[1] else cv2.BORDER_REPLICATE
-    return cv2.copyMakeBorder(img, 0, ph, 0, pw, border)
+    fits = max(ph, offset) < img.shape[0] and max(pw, offset) < img.shape[1]
+    border = cv2.BORDER_REFLECT_101 if fits else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(img, offset, ph, offset, pw, border)
 
 
 def _tile_starts(length: int, size: int, overlap: int) -> list[int]:
@@ -64,10 +68,11 @@ def make_canvases(img: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, L
     if cfg.mode == "resize":
         return _resize(img, s, s)[None], Layout((h, w), (s, s), ((0, 0, s, s),))
     if cfg.mode == "letterbox":
-        scale = s / max(h, w)
+        m = cfg.margin
+        scale = (s - 2 * m) / max(h, w)
         wh, ww = max(1, round(h * scale)), max(1, round(w * scale))
-        canvas = _pad_to(_resize(img, wh, ww), s, s)
-        return canvas[None], Layout((h, w), (wh, ww), ((0, 0, wh, ww),))
+        canvas = _pad_to(_resize(img, wh, ww), s, s, m)
+        return canvas[None], Layout((h, w), (wh, ww), ((0, 0, wh, ww),), m)
     wh, ww = max(1, round(h * cfg.tile_scale)), max(1, round(w * cfg.tile_scale))
     work = _resize(img, wh, ww)
     canvases, windows = [], []
@@ -83,7 +88,8 @@ def stitch(canvas_maps: np.ndarray, layout: Layout) -> np.ndarray:
     """(N, size, size) per-canvas maps -> (work_h, work_w) map; overlaps are averaged."""
     if len(layout.windows) == 1:
         _, _, h, w = layout.windows[0]
-        return canvas_maps[0, :h, :w]
+        o = layout.offset
+        return canvas_maps[0, o : o + h, o : o + w]
     total = np.zeros(layout.work_hw, np.float32)
     count = np.zeros(layout.work_hw, np.float32)
     for m, (y, x, h, w) in zip(canvas_maps, layout.windows, strict=True):
@@ -101,6 +107,6 @@ def to_original(work_map: np.ndarray, layout: Layout) -> np.ndarray:
 def valid_cells(layout: Layout, size: int, stride: int) -> np.ndarray:
     """(N, size/stride, size/stride) bool: feature cells whose centre lies in real pixels."""
     n = size // stride
-    centres = np.arange(n) * stride + stride / 2
-    rows = [(centres[:, None] < h) & (centres[None, :] < w) for _, _, h, w in layout.windows]
+    c = np.arange(n) * stride + stride / 2 - layout.offset  # cell centres relative to the valid part
+    rows = [((c >= 0) & (c < h))[:, None] & ((c >= 0) & (c < w))[None, :] for _, _, h, w in layout.windows]
     return np.stack(rows)

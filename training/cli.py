@@ -42,7 +42,8 @@ def _code_version() -> str:
 def _model_config(a: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         backbone=BackboneConfig(name=a.backbone, stages=tuple(a.stages)),
-        preprocess=PreprocessConfig(mode=a.mode, size=a.size, tile_scale=a.tile_scale, overlap=a.overlap),
+        preprocess=PreprocessConfig(mode=a.mode, size=a.size, margin=a.margin, tile_scale=a.tile_scale,
+                                    overlap=a.overlap),
         sae=SAEConfig(expansion=a.expansion, k=a.k),
         scoring=ScoringConfig(sigma=a.sigma, image_score=a.image_score),
     )
@@ -176,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     f.add_argument("--mode", default="letterbox", choices=["letterbox", "resize", "tile"])
     f.add_argument("--size", type=int, default=256)
+    f.add_argument("--margin", type=int, default=PreprocessConfig.margin,
+                   help="letterbox: reflected border around the part, in canvas pixels")
     f.add_argument("--tile-scale", type=float, default=1.0)
     f.add_argument("--overlap", type=int, default=32)
     f.add_argument("--expansion", type=int, default=SAEConfig.expansion)

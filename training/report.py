@@ -50,8 +50,9 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     for j, (label, i) in enumerate(picks):
         ax = fig.add_subplot(rows, cols, cols + 1 + j)
         canvas, layout = make_canvases(read_image(details["paths"][i]), detector.config.preprocess)
-        y0, x0, h, w = layout.windows[0]
-        work_img = canvas[0, :h, :w] if len(layout.windows) == 1 else canvas[0]
+        _, _, h, w = layout.windows[0]
+        o = layout.offset
+        work_img = canvas[0, o : o + h, o : o + w] if len(layout.windows) == 1 else canvas[0]
         amap = details["maps"][i] if len(layout.windows) == 1 else details["maps"][i][:h, :w]
         ax.imshow(work_img)
         ax.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=max(cal.threshold, float(amap.max())))
