@@ -23,15 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
+# Each sweep row changes one setting of the base it started from (SAE 4x, no letterbox margin).
+BASE = ["--expansion", "4", "--margin", "0"]
 SWEEP = {
-    "default": [],
-    "stages 1,2,3": ["--stages", "1", "2", "3"],
-    "k 8": ["--k", "8"],
-    "k 32": ["--k", "32"],
-    "expansion 8": ["--expansion", "8"],
-    "steps 1000": ["--steps", "1000"],
-    "mode resize (squash)": ["--mode", "resize"],
-    "size 320": ["--size", "320"],
+    "base (expansion 4, margin 0)": BASE,
+    "stages 1,2,3": BASE + ["--stages", "1", "2", "3"],
+    "k 8": BASE + ["--k", "8"],
+    "k 32": BASE + ["--k", "32"],
+    "expansion 8": BASE + ["--expansion", "8"],
+    "steps 1000": BASE + ["--steps", "1000"],
+    "mode resize (squash)": BASE + ["--mode", "resize"],
+    "size 320": BASE + ["--size", "320"],
+    "expansion 8 (the default) + margin 16": ["--margin", "16"],
 }
 
 

@@ -43,9 +43,10 @@ class PreprocessConfig:
     'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
     size: int = 256
     """Canvas side in pixels fed to the backbone."""
-    margin: int = 16
-    """Letterbox only: reflected border around the content, so that no edge of the part sits
-    on the canvas edge where the CNN's zero padding makes features unlike the interior's."""
+    margin: int = 0
+    """Letterbox only: reflected border around the content, so that no edge of the part sits on
+    the canvas edge (where the CNN's zero padding changes features). Off by default: on
+    magnetic_tile a 16 px margin raised pixel AUROC but cost 0.08 image AUROC."""
     tile_scale: float = 1.0
     """Tile mode only: scale applied before tiling (1.0 = native resolution)."""
     overlap: int = 32
