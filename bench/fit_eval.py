@@ -34,7 +34,6 @@ SWEEP = {
     "steps 1000": BASE + ["--steps", "1000"],
     "mode resize (squash)": BASE + ["--mode", "resize"],
     "size 320": BASE + ["--size", "320"],
-    "expansion 8 (the default) + margin 16": ["--margin", "16"],
 }
 
 
