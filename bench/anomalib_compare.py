@@ -73,12 +73,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("data", type=Path)
     p.add_argument("--skip-scaling", action="store_true", help="only the full-data accuracy rows")
+    p.add_argument("--table-only", action="store_true", help="rewrite the Markdown table from cached rows")
     a = p.parse_args()
     data = a.data.resolve()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     res_path = RESULTS / "anomalib_compare.json"
     rows = json.loads(res_path.read_text())["rows"] if res_path.exists() else {}
+    if a.table_only:
+        write_table(a.data, rows)
+        return
     anomalib_py = ensure_anomalib()
     ours = [sys.executable, "bench/ours_worker.py", "--data", str(data)]
     theirs = [str(anomalib_py), "bench/anomalib_worker.py", "--data", str(data), "--work", str(WORK / "anomalib")]
@@ -113,6 +117,10 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+PLANNED = ["SAE Inspect (letterbox 256, default)", "SAE Inspect (resize 256x256, as anomalib)", "anomalib PaDiM",
+           "anomalib PatchCore (coreset 0.01)"]
+
+
 def write_table(data: Path, rows: dict) -> None:
     lines = [f"Dataset `{data.name}` (full test split); machine: {machine()}; "
              f"command: `python bench/anomalib_compare.py {data}`", "",
@@ -123,6 +131,9 @@ def write_table(data: Path, rows: dict) -> None:
                      f"{_f(r.get('pixel_auroc'), '.3f')} | {_f(r.get('aupro_30'), '.3f')} | {r['fit_seconds']:.0f} | "
                      f"{_f(r.get('images_per_s_batch1'), '.1f')} | {_f(r.get('images_per_s_batch16'), '.1f')} | "
                      f"{r['peak_rss_mb']:.0f} | {r['model_bytes'] / 1024:.0f} |")
+    for label in PLANNED:
+        if label not in rows:
+            lines.append(f"| {label} | not finished yet: rerun the command, finished rows are kept |" + " |" * 8)
     (RESULTS / "anomalib_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
