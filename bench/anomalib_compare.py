@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--skip-scaling", action="store_true", help="only the full-data accuracy rows")
     p.add_argument("--table-only", action="store_true", help="rewrite the Markdown table from cached rows")
+    p.add_argument("--only", nargs="+", help="run just the rows whose label contains one of these strings")
     a = p.parse_args()
     data = a.data.resolve()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ def main() -> None:
         for label, cmd in plan.items():
             if label in rows:
                 print(f"[cached] {label}", flush=True)
+                continue
+            if a.only and not any(o in label for o in a.only):
                 continue
             print(f"[run] {label} ...", flush=True)
             rows[label] = run_row(cmd, log)
