@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import rss_bytes, save_version, server_process
+from tests.helpers import rss_bytes, server_process
 from tests.images import part_png
 
 GOOD = part_png(21)
@@ -139,4 +139,3 @@ def test_fit_into_read_only_folder_fails_clearly_and_keeps_previous(tmp_path, ar
     assert main(["fit", str(dataset), "--out", str(target), "--steps", "5"]) == 2
     assert "not writable" in capsys.readouterr().err
     assert target.read_bytes() == artifact.read_bytes()
-    _ = save_version  # keep the helper import used by other reliability tests discoverable
