@@ -168,12 +168,18 @@ class Detector:
         s = self.config.scoring
         return image_score(work_map, s.image_score, s.top_fraction)
 
+    def _calibration_scores(self) -> np.ndarray:
+        """Sorted calibration scores as an array, converted once per calibration, not per image."""
+        if getattr(self, "_scores_for", None) is not self.calibration:
+            self._scores_for, self._scores = self.calibration, np.asarray(self.calibration.scores)
+        return self._scores
+
     def _inspection(self, work_map: np.ndarray, layout: Layout) -> Inspection:
         cal = self.calibration
         score = self.score_map(work_map)
         (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
         regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self._min_region_area)
-        return Inspection(score, cal.threshold, conformal_p_value(score, np.asarray(cal.scores)),
+        return Inspection(score, cal.threshold, conformal_p_value(score, self._calibration_scores()),
                           bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
                           work_map, layout, regions)
 

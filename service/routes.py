@@ -8,7 +8,9 @@ import time
 from typing import Annotated, Literal
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -265,15 +267,11 @@ async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(ge
     request.app.state.metrics.ready.set(1 if ready else 0)
     body = {"ready": ready, "models": {n: s.detector.version for n, s in registry.models.items()},
             "failed": {n: f.error for n, f in registry.failures.items()}}
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(body, 200 if ready else 503)
 
 
 @router.get("/metrics", tags=["ops"])
 async def metrics_endpoint(metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
-    import torch
-
     if torch.cuda.is_available():
         metrics.gpu_memory.set(torch.cuda.memory_allocated())
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
