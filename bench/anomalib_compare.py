@@ -1,6 +1,6 @@
 """SAE Inspect vs anomalib 2.7.0 PatchCore and PaDiM: same machine, data, backbone, one run.
 
-    python bench/anomalib_compare.py ../shared/datasets/magnetic_tile
+    python -m bench.anomalib_compare ../shared/datasets/magnetic_tile
 
 Installs anomalib==2.7.0 into bench/.venv-anomalib (never a product dependency) on first
 use, then runs one row per method in its own process (peak memory = that process's max
@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.fit_eval import machine
 
-from bench.fit_eval import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VENV = ROOT / "bench" / ".venv-anomalib"
 WORK = ROOT / "bench" / "work"
@@ -85,8 +84,8 @@ def main() -> None:
         write_table(a.data, rows)
         return
     anomalib_py = ensure_anomalib()
-    ours = [sys.executable, "bench/ours_worker.py", "--data", str(data)]
-    theirs = [str(anomalib_py), "bench/anomalib_worker.py", "--data", str(data), "--work", str(WORK / "anomalib")]
+    ours = [sys.executable, "-m", "bench.ours_worker", "--data", str(data)]
+    theirs = [str(anomalib_py), "-m", "bench.anomalib_worker", "--data", str(data), "--work", str(WORK / "anomalib")]
     plan = {
         "SAE Inspect (letterbox 256, default)": ours + ["--out", str(WORK / "cmp_ours.safetensors")],
         "SAE Inspect (resize 256x256, as anomalib)": ours + ["--mode", "resize",
@@ -126,7 +125,7 @@ PLANNED = ["SAE Inspect (letterbox 256, default)", "SAE Inspect (resize 256x256,
 
 def write_table(data: Path, rows: dict) -> None:
     lines = [f"Dataset `{data.name}` (full test split); machine: {machine()}; "
-             f"command: `python bench/anomalib_compare.py {data}`", "",
+             f"command: `python -m bench.anomalib_compare {data}`", "",
              "| method | train images | image AUROC | pixel AUROC | AUPRO@30% | fit s | images/s batch 1 | "
              "images/s batch 16 | peak RSS MB | model size KB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows.items():

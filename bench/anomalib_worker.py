@@ -12,26 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.engine import Engine
+from anomalib.models import Padim, Patchcore
+from anomalib.pre_processing import PreProcessor
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from models.backbone import build_lite_classifier
+from training.metrics import aupro, auroc
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from anomalib.data.datasets.base.image import AnomalibDataset  # noqa: E402
-from anomalib.engine import Engine  # noqa: E402
-from anomalib.models import Padim, Patchcore  # noqa: E402
-from anomalib.pre_processing import PreProcessor  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision.transforms.v2 import Compose, Normalize, Resize  # noqa: E402
-
-from models.backbone import build_lite_classifier  # noqa: E402
-from training.metrics import aupro, auroc  # noqa: E402
 
 SIZE = 256
 LAYERS = ["blocks.2", "blocks.4"]  # timm feature_info names of our stages 2 (stride 8) and 3 (stride 16)

@@ -1,6 +1,6 @@
 """Do explanations point at the defect, and how long do they take?
 
-    python bench/explain_check.py --model bench/work/cmp_ours.safetensors --data ../shared/datasets/magnetic_tile
+    python -m bench.explain_check --model bench/work/cmp_ours.safetensors --data ../shared/datasets/magnetic_tile
 
 For every defective test image with a non-empty mask: is the top explained region's box
 on the ground-truth defect (any mask pixel inside it), and is any explained region?
@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.fit_eval import machine
+from models.detector import Detector
+from models.imageio import read_image
+from training.data import mvtec_test_set
 
-from bench.fit_eval import machine  # noqa: E402
-from models.detector import Detector  # noqa: E402
-from models.imageio import read_image  # noqa: E402
-from training.data import mvtec_test_set  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BUDGET_P95_S = 1.0
 
@@ -67,7 +65,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "explain_check.json").write_text(json.dumps(res, indent=2))
     md = (f"Explanations on `{a.data.name}` ({n} defective test images with masks); machine: {machine()}; "
-          f"command: `python bench/explain_check.py --model {a.model} --data {a.data}`\n\n"
+          f"command: `python -m bench.explain_check --model {a.model} --data {a.data}`\n\n"
           "| top region on the defect | any region on the defect | top region kind (novel / misplaced) | "
           "explain p50 s | explain p95 s (budget 1 s) | inspect p50 s |\n|---|---|---|---|---|---|\n"
           f"| {res['top_region_hit_rate']:.3f} | {res['any_region_hit_rate']:.3f} | {kinds['novel']} / "

@@ -1,7 +1,7 @@
 """Fit + evaluate on an MVTec-layout category, one row per configuration.
 
-    python bench/fit_eval.py ../shared/datasets/magnetic_tile                   # defaults
-    python bench/fit_eval.py ../shared/datasets/magnetic_tile --sweep           # defaults sweep
+    python -m bench.fit_eval ../shared/datasets/magnetic_tile                   # defaults
+    python -m bench.fit_eval ../shared/datasets/magnetic_tile --sweep           # defaults sweep
 
 Each configuration runs `sae-inspect fit` and `sae-inspect evaluate` in child
 processes, so fit time and peak memory (max RSS of the fit process) are measured
@@ -94,7 +94,7 @@ def main() -> None:
             }
             res_path.write_text(json.dumps({"dataset": str(data), "machine": machine(), "rows": rows}, indent=2))
     res_path.write_text(json.dumps({"dataset": str(data), "machine": machine(), "rows": rows}, indent=2))
-    lines = [f"Dataset `{data.name}`; machine: {machine()}; command: `python bench/fit_eval.py {a.data}"
+    lines = [f"Dataset `{data.name}`; machine: {machine()}; command: `python -m bench.fit_eval {a.data}"
              + (" --sweep`" if a.sweep else "`"), "",
              "| config | image AUROC | pixel AUROC | AUPRO@30% | false-alarm rate (alpha) | recall | F1 "
              "| fit s | fit peak RSS MB | artifact KB |",

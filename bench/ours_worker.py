@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.config import ModelConfig, PreprocessConfig
+from models.imageio import read_image
+from models.preprocess import make_canvases
+from training.data import good_images
+from training.evaluate import evaluate
+from training.pipeline import fit_calibrated
 
-from models.config import ModelConfig, PreprocessConfig  # noqa: E402
-from models.imageio import read_image  # noqa: E402
-from models.preprocess import make_canvases  # noqa: E402
-from training.calibrate import calibrate  # noqa: E402
-from training.data import good_images  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.fit import FitConfig, fit_detector, split_calibration  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def throughput(fn, batches: list, seconds: float = 15.0) -> float:
@@ -51,12 +48,9 @@ def main() -> None:
     torch.manual_seed(0)
     config = ModelConfig(preprocess=PreprocessConfig(mode=a.mode, margin=a.margin))
     paths = good_images([a.train or a.data])
-    fit_paths, cal_paths = split_calibration(paths, 0.2, 30, 0)
     t0 = time.perf_counter()
-    det = fit_detector(fit_paths, config, FitConfig(), torch.device("cpu"))
-    det.calibration = calibrate(det, cal_paths)
+    det = fit_calibrated(paths, config, device="cpu", provenance={"version": "bench"})
     fit_s = time.perf_counter() - t0
-    det.meta.update({"version": "bench"})
     det.save(a.out)
     row = {"fit_seconds": fit_s, "n_train_images": len(paths), "model_bytes": a.out.stat().st_size}
     if not a.no_eval:

@@ -1,6 +1,6 @@
 """Long reliability run against a real server process: load, hot swaps, bad artifacts, bad inputs, SIGTERM.
 
-    python bench/reliability.py --model bench/work/fit_eval_magnetic_tile_default.safetensors
+    python -m bench.reliability --model bench/work/fit_eval_magnetic_tile_default.safetensors
 
 1. Sustained load: asyncio clients at concurrency 32 for --seconds (default 60). During it, a
    retrained artifact (same weights, new version) is swapped in every 10 s and a bad one
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -26,13 +25,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.fit_eval import machine
+from bench.hostile import build_corpus, send
+from bench.servers import rss_bytes, server_process
+from models.artifact import load_artifact, save_artifact
 
-from bench.fit_eval import machine  # noqa: E402
-from models.artifact import load_artifact, save_artifact  # noqa: E402
-from tests.helpers import rss_bytes, server_process  # noqa: E402
-from tests.hostile import build_corpus, send  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MAX_BODY = 8 * 2**20
 
@@ -185,7 +183,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     (out / "reliability.json").write_text(json.dumps(result, indent=2))
     ld, ho, st = result["load"], result["hostile"], result["sigterm"]
-    md = (f"Machine: {machine()}; command: `python bench/reliability.py --model {a.model}`\n\n"
+    md = (f"Machine: {machine()}; command: `python -m bench.reliability --model {a.model}`\n\n"
           "| check | result |\n|---|---|\n"
           f"| load: concurrency {ld['concurrency']}, {ld['seconds']:.0f} s | {ld['requests']} requests, "
           f"statuses {ld['status_counts']}, {ld['errors_5xx_other_than_503']} errors besides back-pressure 503s, "

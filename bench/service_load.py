@@ -1,6 +1,6 @@
 """Drive a running service over loopback at several concurrencies; compare with the bare model.
 
-    python bench/service_load.py --model bench/work/fit_eval_magnetic_tile_default.safetensors \
+    python -m bench.service_load --model bench/work/fit_eval_magnetic_tile_default.safetensors \
         --images ../shared/datasets/magnetic_tile/test
 
 Starts `sae-inspect-serve` on a free port with a copy of the artifact, then for each
@@ -27,10 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.fit_eval import machine
 
-from bench.fit_eval import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_throughput(model: Path, images: list[Path], seconds: float, device: str) -> dict[str, float]:
@@ -121,7 +120,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "service_load.json").write_text(json.dumps(result, indent=2))
     lines = [f"Machine: {machine()}; images: `{a.images}`; {a.seconds:g} s per row; command: "
-             f"`python bench/service_load.py --model {a.model} --images {a.images}`", "",
+             f"`python -m bench.service_load --model {a.model} --images {a.images}`", "",
              f"Bare model (no HTTP): {bare['bare_images_per_s_batch1']:.1f} images/s at batch 1, "
              f"{bare['bare_images_per_s_batch8']:.1f} images/s at batch 8.", "",
              "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms |",

@@ -13,6 +13,30 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # TF EfficientNet-Lite, Inception, ViT-style
+
+
+def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone `name` was trained with.
+
+    EfficientNet-Lite (TF port): 0.5 / 0.5; torchvision ImageNet models: ImageNet
+    statistics; ``timm:<model>``: the model's own pretrained config (read from timm's
+    registry, no download).
+    """
+    if name.startswith("efficientnet_lite"):
+        return INCEPTION_MEAN, INCEPTION_STD
+    if name in ("resnet18", "wide_resnet50_2"):
+        return IMAGENET_MEAN, IMAGENET_STD
+    if name.startswith("timm:"):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name[5:])
+        if cfg is None:
+            raise ValueError(f"backbone {name!r}: timm knows no pretrained config for it; "
+                             "give its mean and std explicitly")
+        return tuple(cfg.mean), tuple(cfg.std)
+    raise ValueError(f"unknown backbone {name!r}: use efficientnet_lite0/1/2, resnet18, wide_resnet50_2 "
+                     "or timm:<model name>")
 
 
 @dataclass(frozen=True)
@@ -22,11 +46,16 @@ class BackboneConfig:
     (torchvision), or 'timm:<model name>' for any timm model with features_only."""
     stages: tuple[int, ...] = (2, 3)
     """Feature stages by index, stage i having stride 2**(i+1): 2 -> stride 8, 3 -> stride 16."""
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    """Input normalisation the backbone was trained with (RGB, on [0, 1] pixels)."""
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] | None = None
+    """Input normalisation the backbone was trained with (RGB, on [0, 1] pixels). None takes the
+    backbone family's own (``backbone_normalization``); the resolved values are what is stored."""
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.mean is None or self.std is None:
+            mean, std = backbone_normalization(self.name)
+            object.__setattr__(self, "mean", tuple(self.mean or mean))
+            object.__setattr__(self, "std", tuple(self.std or std))
         if not self.stages or sorted(set(self.stages)) != list(self.stages):
             raise ValueError(f"stages must be strictly increasing and non-empty, got {self.stages}")
         if min(self.stages) < 0 or max(self.stages) > 4:

@@ -1,15 +1,18 @@
 """The detector: backbone + patch features + SAE + calibration, rebuilt from one artifact.
 
-Training, the CLI and the service all score through ``Detector.inspect``, so the
-three can never disagree on preprocessing or scoring.
+Training, the CLI, explanations and the service all go through ``Detector.canvas_pass``
+(canvases -> maps), so they can never disagree on preprocessing or scoring.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,6 +23,7 @@ from models.backbone import Backbone
 from models.config import ModelConfig
 from models.explain import Atlas, RegionExplanation, box_cells, explain_region
 from models.features import extract_features, standardize
+from models.geometry import FeatureGrid
 from models.preprocess import Layout, make_canvases, stitch, valid_cells
 from models.sae import TopKSAE, patch_error
 from models.scoring import Region, anomaly_maps, conformal_p_value, find_regions, image_score
@@ -43,6 +47,15 @@ class Calibration:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if list(self.scores) != sorted(self.scores):
             raise ValueError("calibration scores must be sorted")
+
+
+class CanvasPass(NamedTuple):
+    maps: torch.Tensor
+    """(B, S, S) smoothed anomaly maps (CPU)."""
+    err: torch.Tensor
+    """(B, h, w) patch errors on the feature grid."""
+    latents: torch.Tensor
+    """(B, h, w, n) sparse codes."""
 
 
 class Inspection(NamedTuple):
@@ -74,16 +87,34 @@ def _sha256_cached(backbone: Backbone) -> str:
 
 
 class Detector:
-    def __init__(self, config: ModelConfig, backbone: Backbone, feat_mean: torch.Tensor,
-                 feat_std: torch.Tensor, sae: TopKSAE, calibration: Calibration | None = None,
-                 meta: dict[str, Any] | None = None, batch_size: int = 16, atlas: Atlas | None = None):
-        self.config, self.backbone = config, backbone
-        self.device = next(iter(sae.parameters())).device
-        self.feat_mean, self.feat_std = feat_mean.to(self.device), feat_std.to(self.device)
-        self.sae = sae.eval().requires_grad_(False)
-        self.calibration, self.meta = calibration, dict(meta or {})
-        self.batch_size = batch_size
-        self.atlas = atlas
+    """A fitted detector. Complete when constructed and never changed afterwards: use
+    ``replace`` to get a detector that differs (e.g. calibrated); it keeps everything else."""
+
+    _FIELDS = ("config", "backbone", "feat_mean", "feat_std", "sae", "calibration", "meta", "atlas", "batch_size")
+
+    def __init__(self, config: ModelConfig, backbone: Backbone, feat_mean: torch.Tensor, feat_std: torch.Tensor,
+                 sae: TopKSAE, calibration: Calibration | None = None, meta: Mapping[str, Any] | None = None,
+                 atlas: Atlas | None = None, batch_size: int = 16):
+        device = next(iter(sae.parameters())).device
+        fields = {
+            "config": config, "backbone": backbone, "device": device, "grid": FeatureGrid.of(config),
+            "feat_mean": feat_mean.to(device), "feat_std": feat_std.to(device),
+            "sae": sae.eval().requires_grad_(False), "calibration": calibration,
+            "meta": MappingProxyType(copy.deepcopy(dict(meta or {}))), "atlas": atlas, "batch_size": batch_size,
+            "_cal_scores": np.asarray(calibration.scores) if calibration else None,
+        }
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Detector is immutable; use detector.replace({name}=...)")
+
+    def replace(self, **changes: Any) -> Detector:
+        """A new detector with `changes` applied; every other part (atlas included) is kept."""
+        unknown = set(changes) - set(self._FIELDS)
+        if unknown:
+            raise TypeError(f"unknown Detector fields {sorted(unknown)}")
+        return Detector(**{f: changes.get(f, getattr(self, f)) for f in self._FIELDS})
 
     # ---- artifact -------------------------------------------------------------------
     @classmethod
@@ -111,6 +142,7 @@ class Detector:
             raise ArtifactError(f"{path}: inconsistent artifact ({type(e).__name__}: {e})") from e
         if w_dec.shape[0] != tensors["feat_mean"].numel():
             raise ArtifactError(f"{path}: SAE input size does not match the feature statistics")
+        meta = {k: v for k, v in meta.items() if k not in ("calibration", "backbone_sha256")}
         return cls(config, backbone, tensors["feat_mean"], tensors["feat_std"], sae.to(dev), calib, meta,
                    atlas=Atlas.from_tensors(tensors))
 
@@ -128,7 +160,7 @@ class Detector:
     def version(self) -> str:
         return str(self.meta.get("version", "unversioned"))
 
-    # ---- maths ----------------------------------------------------------------------
+    # ---- maths: one path from canvases to maps --------------------------------------
     def features(self, canvases: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) canvases -> standardised (N, h, w, C) patch features."""
         cfg = self.config
@@ -137,13 +169,18 @@ class Detector:
         return standardize(f, self.feat_mean, self.feat_std)
 
     @torch.inference_mode()
+    def canvas_pass(self, canvases: np.ndarray) -> CanvasPass:
+        """(B, S, S, 3) canvases -> maps, patch errors and sparse codes: the one scoring path."""
+        f = self.features(canvases)  # (B, h, w, C)
+        z, _ = self.sae.encode(f.flatten(0, 2))  # (B*h*w, n)
+        err = patch_error(f, self.sae.decode(z).view_as(f))  # (B, h, w)
+        maps = anomaly_maps(err, self.config.preprocess.size, self.config.scoring.sigma)
+        return CanvasPass(maps.cpu(), err, z.view(*f.shape[:3], -1))
+
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) canvases -> (N, S, S) smoothed anomaly maps, in batches."""
-        out = []
-        for i in range(0, len(canvases), self.batch_size):
-            f = self.features(canvases[i : i + self.batch_size])  # (B, h, w, C)
-            err = patch_error(f, self.sae(f.flatten(0, 2)).x_hat.view_as(f))  # (B, h, w)
-            out.append(anomaly_maps(err, self.config.preprocess.size, self.config.scoring.sigma).cpu())
+        out = [self.canvas_pass(canvases[i : i + self.batch_size]).maps
+               for i in range(0, len(canvases), self.batch_size)]
         return torch.cat(out).numpy()
 
     def maps(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
@@ -158,28 +195,16 @@ class Detector:
             start += len(canvases)
         return out
 
-    @property
-    def _min_region_area(self) -> int:
-        """Regions smaller than a quarter of a feature cell are smoothing noise, not defects."""
-        stride = 2 ** (min(self.config.backbone.stages) + 1)
-        return stride * stride // 4
-
     def score_map(self, work_map: np.ndarray) -> float:
         s = self.config.scoring
         return image_score(work_map, s.image_score, s.top_fraction)
-
-    def _calibration_scores(self) -> np.ndarray:
-        """Sorted calibration scores as an array, converted once per calibration, not per image."""
-        if getattr(self, "_scores_for", None) is not self.calibration:
-            self._scores_for, self._scores = self.calibration, np.asarray(self.calibration.scores)
-        return self._scores
 
     def _inspection(self, work_map: np.ndarray, layout: Layout) -> Inspection:
         cal = self.calibration
         score = self.score_map(work_map)
         (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
-        regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self._min_region_area)
-        return Inspection(score, cal.threshold, conformal_p_value(score, self._calibration_scores()),
+        regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self.grid.min_region_area)
+        return Inspection(score, cal.threshold, conformal_p_value(score, self._cal_scores),
                           bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
                           work_map, layout, regions)
 
@@ -189,35 +214,34 @@ class Detector:
             raise RuntimeError("detector is not calibrated")
         return [self._inspection(work_map, layout) for work_map, layout in self.maps(images)]
 
-    @torch.inference_mode()
     def explain(self, image: np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
         """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""
         if self.atlas is None or self.calibration is None:
             raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")
-        cfg = self.config
-        size, stride = cfg.preprocess.size, 2 ** (min(cfg.backbone.stages) + 1)
-        canvases, layout = make_canvases(image, cfg.preprocess)
-        f = self.features(canvases)  # (B, h, w, C)
-        z, _ = self.sae.encode(f.flatten(0, 2))
-        z = z.view(*f.shape[:3], -1)  # (B, h, w, n)
-        err = patch_error(f, self.sae.decode(z.flatten(0, 2)).view_as(f))  # (B, h, w)
-        maps = anomaly_maps(err, size, cfg.scoring.sigma).cpu().numpy()
+        grid = self.grid
+        canvases, layout = make_canvases(image, self.config.preprocess)
+        passes = [self.canvas_pass(canvases[i : i + self.batch_size])
+                  for i in range(0, len(canvases), self.batch_size)]
+        maps = torch.cat([p.maps for p in passes]).numpy()
+        err = torch.cat([p.err for p in passes]).cpu()  # (N, h, w)
+        z = torch.cat([p.latents for p in passes]).cpu()  # (N, h, w, n)
         result = self._inspection(stitch(maps, layout), layout)
         found = find_regions(result.anomaly_map, self.calibration.pixel_threshold, (1.0, 1.0), max_regions,
-                             self._min_region_area)
+                             grid.min_region_area)
         boxes = [(r.x, r.y, r.width, r.height) for r in found]
         if not boxes:
             py, px = np.unravel_index(int(result.anomaly_map.argmax()), result.anomaly_map.shape)
-            boxes = [(max(0, px - stride // 2), max(0, py - stride // 2), stride, stride)]
-        valid = valid_cells(layout, size, stride)
+            s = grid.stride
+            boxes = [(max(0, px - s // 2), max(0, py - s // 2), s, s)]
+        valid = torch.from_numpy(valid_cells(layout, grid))
         (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
         out = []
         for x, y, w, h in boxes:
             cy, cx = y + h / 2, x + w / 2
             ci = next((i for i, (wy, wx, hh, wd) in enumerate(layout.windows)
                        if wy <= cy < wy + hh and wx <= cx < wx + wd), 0)
-            cells = box_cells((x, y, w, h), layout.windows[ci], size, stride, layout.offset)
-            total = float(err[ci][torch.from_numpy(valid[ci]).to(err.device)].sum())
+            cells = box_cells((x, y, w, h), layout.windows[ci], grid, layout.offset)
+            total = float(err[ci][valid[ci]].sum())
             box = (round(x * ow / ww), round(y * oh / wh), max(1, round(w * ow / ww)), max(1, round(h * oh / wh)))
-            out.append(explain_region(z[ci].cpu(), err[ci].cpu(), cells, total, self.atlas, size // stride, box))
+            out.append(explain_region(z[ci], err[ci], cells, total, self.atlas, grid.cells, box))
         return result, out

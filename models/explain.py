@@ -24,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from models.geometry import FeatureGrid
+
 RARE = 1e-3  # a latent firing on fewer than 0.1% of good patches is "rare"
 GRID = 8
 
@@ -108,8 +110,8 @@ def explain_region(z: torch.Tensor, err: torch.Tensor, cells: np.ndarray, total_
     return RegionExplanation(box, share, kind, novelty, misplacement, unusual, expected)
 
 
-def box_cells(box_work: tuple[int, int, int, int], window: tuple[int, int, int, int], size: int,
-              stride: int, offset: int = 0) -> np.ndarray:
+def box_cells(box_work: tuple[int, int, int, int], window: tuple[int, int, int, int], grid: FeatureGrid,
+              offset: int = 0) -> np.ndarray:
     """Feature cells (k, 2) of one canvas whose centres fall inside a work-image box (x, y, w, h).
 
     `window` is the canvas's (y, x, h, w) on the work image; its valid part starts `offset`
@@ -117,14 +119,11 @@ def box_cells(box_work: tuple[int, int, int, int], window: tuple[int, int, int, 
     """
     x, y, w, h = box_work
     wy, wx, wh, ww = window
-    n = size // stride
-    c = np.arange(n) * stride + stride / 2 - offset  # cell centres relative to the valid part
+    c = grid.centres(offset)  # cell centres relative to the valid part
     rows = np.nonzero((c + wy >= y) & (c + wy < y + h) & (c >= 0) & (c < wh))[0]
     cols = np.nonzero((c + wx >= x) & (c + wx < x + w) & (c >= 0) & (c < ww))[0]
     if len(rows) == 0 or len(cols) == 0:  # a box thinner than a cell: take the nearest cell
-        cy = int(np.clip((y + h / 2 - wy + offset) // stride, 0, n - 1))
-        cx = int(np.clip((x + w / 2 - wx + offset) // stride, 0, n - 1))
-        return np.array([[cy, cx]])
+        return np.array([[grid.cell_of(y + h / 2 - wy, offset), grid.cell_of(x + w / 2 - wx, offset)]])
     return np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
 
 

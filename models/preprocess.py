@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from models.config import PreprocessConfig
+from models.geometry import FeatureGrid
 
 
 class Layout(NamedTuple):
@@ -104,9 +105,8 @@ def to_original(work_map: np.ndarray, layout: Layout) -> np.ndarray:
     return cv2.resize(work_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def valid_cells(layout: Layout, size: int, stride: int) -> np.ndarray:
-    """(N, size/stride, size/stride) bool: feature cells whose centre lies in real pixels."""
-    n = size // stride
-    c = np.arange(n) * stride + stride / 2 - layout.offset  # cell centres relative to the valid part
+def valid_cells(layout: Layout, grid: FeatureGrid) -> np.ndarray:
+    """(N, cells, cells) bool: feature cells whose centre lies in real pixels."""
+    c = grid.centres(layout.offset)  # cell centres relative to the valid part
     rows = [((c >= 0) & (c < h))[:, None] & ((c >= 0) & (c < w))[None, :] for _, _, h, w in layout.windows]
     return np.stack(rows)

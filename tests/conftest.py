@@ -18,11 +18,13 @@ from models.imageio import list_images
 from models.synthetic import write_dataset
 from service.app import create_app
 from service.settings import Settings
-from training.calibrate import calibrate
-from training.fit import FitConfig, fit_detector, split_calibration
+from training.calibrate import CalibrationConfig
+from training.fit import FitConfig
+from training.pipeline import fit_calibrated
 
 torch.set_num_threads(2)
 FAST_FIT = FitConfig(steps=250, batch_size=1024, max_patches=40_000)
+FAST_CAL = CalibrationConfig(alpha=0.1, fraction=0.25, min_count=12)
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +35,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def detector(dataset: Path) -> Detector:
     logging.getLogger("training").setLevel(logging.ERROR)
-    fit, cal = split_calibration(list_images(dataset / "train" / "good"), 0.25, 12, seed=0)
-    det = fit_detector(fit, ModelConfig(), FAST_FIT, torch.device("cpu"))
-    det.calibration = calibrate(det, cal, alpha=0.1)
-    det.meta.update({"name": "parts", "version": "test-1"})
-    return det
+    return fit_calibrated(list_images(dataset / "train" / "good"), ModelConfig(), FAST_FIT, FAST_CAL, "cpu",
+                          provenance={"name": "parts", "version": "test-1"})
 
 
 @pytest.fixture(scope="session")

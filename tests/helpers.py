@@ -1,92 +1,13 @@
-"""Helpers for service tests: versioned artifacts, a real uvicorn in a thread."""
+"""Helpers for service tests: versioned artifacts."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-import uvicorn
-
 from models.detector import Detector
-from service.app import create_app
-from service.settings import Settings
 
 
 def save_version(detector: Detector, path: Path, version: str) -> Path:
     """Write the session model under another version string (a 'retrained' artifact)."""
-    clone = Detector(detector.config, detector.backbone, detector.feat_mean, detector.feat_std, detector.sae,
-                     detector.calibration, {**detector.meta, "version": version})
-    clone.save(path)
+    detector.replace(meta={**detector.meta, "version": version}).save(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(settings: Settings) -> Iterator[str]:
-    """A real uvicorn on 127.0.0.1 in a background thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
-@contextmanager
-def server_process(models_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`python -m service.cli` in a child process (own memory, real signals); yields (url, process)."""
-    port = free_port()
-    full_env = {**os.environ, "SAE_INSPECT_MODELS_DIR": str(models_dir), "SAE_INSPECT_DEVICE": "cpu",
-                "SAE_INSPECT_WATCH_INTERVAL_S": "0", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port), "--log-level", "info"],
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("server not ready in time")
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")

@@ -12,6 +12,7 @@ import torch
 
 from models.config import ModelConfig
 from models.explain import GRID, Atlas, grid_index
+from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
 from models.preprocess import make_canvases
 from models.sae import TopKSAE
@@ -54,8 +55,8 @@ def latent_statistics(sae: TopKSAE, x: torch.Tensor, grid_cells: np.ndarray, per
 def build_atlas(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, paths: Sequence[Path], config: ModelConfig,
                 per_latent: int = 2, crop: int = 24) -> Atlas:
     """Statistics plus, per latent, `per_latent` crop x crop good-image patches where it fires most."""
-    size, stride = config.preprocess.size, 2 ** (min(config.backbone.stages) + 1)
-    stats, top_v, top_i = latent_statistics(sae.cpu(), x, grid_index(tags[:, 2:4], size // stride), per_latent)
+    grid = FeatureGrid.of(config)
+    stats, top_v, top_i = latent_statistics(sae.cpu(), x, grid_index(tags[:, 2:4], grid.cells), per_latent)
     crops = np.zeros((sae.n_latents, per_latent, crop, crop, 3), np.uint8)
     wanted: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # image -> (latent, slot, row)
     for slot in range(per_latent):
@@ -73,6 +74,6 @@ def build_atlas(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, paths: Sequence
                         mode="reflect")
         for j, slot, row in items:
             _, ci, gy, gx = (int(v) for v in tags[row])
-            cy, cx = gy * stride + stride // 2 + half, gx * stride + stride // 2 + half
+            cy, cx = grid.centre_pixel(gy) + half, grid.centre_pixel(gx) + half
             crops[j, slot] = padded[ci, cy - half : cy + half, cx - half : cx + half]
     return Atlas(stats.freq, stats.mean_act, stats.max_act, stats.loc_freq, torch.from_numpy(crops))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,45 @@ def score_files(detector: Detector, paths: Sequence[Path], desc: str = "scoring"
     return kept, np.asarray(scores, np.float64), maps
 
 
-def calibrate(detector: Detector, paths: Sequence[Path], alpha: float = 0.01,
-              pixel_quantile: float = 0.999, seed: int = 0) -> Calibration:
+@dataclass(frozen=True)
+class CalibrationConfig:
+    alpha: float = 0.01
+    """Target false-alarm rate of the image decision (split-conformal)."""
+    pixel_quantile: float = 0.999
+    """Quantile of good calibration-image map pixels that sets the region threshold."""
+    fraction: float = 0.2
+    """Share of the good images held out for calibration (never used to fit the SAE)."""
+    min_count: int = 30
+    """At least this many calibration images (at most half of all images)."""
+    seed: int = 0
+    """Seed of the fit / calibration split."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 < self.pixel_quantile < 1:
+            raise ValueError(f"pixel_quantile must be in (0, 1), got {self.pixel_quantile}")
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"calibration fraction must be in (0, 1), got {self.fraction}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+
+
+def split_calibration(paths: Sequence[Path], cfg: CalibrationConfig) -> tuple[list[Path], list[Path]]:
+    """Seeded split of good images into (fit, calibration); calibration never trains the SAE."""
+    if len(paths) < 2:
+        raise ValueError(f"need at least 2 good images to fit and calibrate, found {len(paths)}")
+    n_cal = max(cfg.min_count, math.ceil(cfg.fraction * len(paths)))
+    n_cal = min(n_cal, len(paths) // 2)  # never leave the SAE with fewer images than calibration
+    order = np.random.default_rng(cfg.seed).permutation(len(paths))
+    cal = sorted(paths[i] for i in order[:n_cal])
+    fit = sorted(paths[i] for i in order[n_cal:])
+    return fit, cal
+
+
+def calibrate(detector: Detector, paths: Sequence[Path], cfg: CalibrationConfig) -> Calibration:
     """Split-conformal image threshold + pixel threshold from good calibration images."""
+    alpha, pixel_quantile, seed = cfg.alpha, cfg.pixel_quantile, cfg.seed
     _, scores, maps = score_files(detector, paths, desc="calibration")
     if len(scores) == 0:
         raise ValueError("no usable calibration images")

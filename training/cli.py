@@ -17,14 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from models.artifact import ArtifactError
 from models.backbone import BackboneError
 from models.config import BackboneConfig, ModelConfig, PreprocessConfig, SAEConfig, ScoringConfig
 from models.detector import Detector, resolve_device
 from models.imageio import ImageDecodeError, read_image
 from training import __version__
+from training.calibrate import CalibrationConfig
 from training.fit import FitConfig
 
 log = logging.getLogger("sae-inspect")
@@ -39,25 +38,44 @@ def _code_version() -> str:
     return f"{__version__}+{rev}" if rev else __version__
 
 
+# Flags that shape the model: they default to None so that the config dataclasses hold the only defaults,
+# and so that --init can tell which were given (the model shape then comes from the init artifact).
+MODEL_FLAGS = {  # flag -> (config section, field)
+    "backbone": ("backbone", "name"), "stages": ("backbone", "stages"),
+    "mode": ("preprocess", "mode"), "size": ("preprocess", "size"), "margin": ("preprocess", "margin"),
+    "tile_scale": ("preprocess", "tile_scale"), "overlap": ("preprocess", "overlap"),
+    "expansion": ("sae", "expansion"), "k": ("sae", "k"),
+    "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"),
+}
+_SECTIONS = {"backbone": BackboneConfig, "preprocess": PreprocessConfig, "sae": SAEConfig, "scoring": ScoringConfig}
+
+
+def _given_model_flags(a: argparse.Namespace) -> dict[str, object]:
+    return {flag: getattr(a, flag) for flag in MODEL_FLAGS if getattr(a, flag) is not None}
+
+
 def _model_config(a: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(
-        backbone=BackboneConfig(name=a.backbone, stages=tuple(a.stages)),
-        preprocess=PreprocessConfig(mode=a.mode, size=a.size, margin=a.margin, tile_scale=a.tile_scale,
-                                    overlap=a.overlap),
-        sae=SAEConfig(expansion=a.expansion, k=a.k),
-        scoring=ScoringConfig(sigma=a.sigma, image_score=a.image_score),
-    )
+    values: dict[str, dict[str, object]] = {section: {} for section in _SECTIONS}
+    for flag, value in _given_model_flags(a).items():
+        section, name = MODEL_FLAGS[flag]
+        values[section][name] = tuple(value) if isinstance(value, list) else value
+    return ModelConfig(**{section: kind(**values[section]) for section, kind in _SECTIONS.items()})
 
 
 def cmd_fit(a: argparse.Namespace) -> None:
-    from training.calibrate import f1_optimal, score_files
     from training.data import fingerprint, good_images, mvtec_test_set
-    from training.fit import fit_detector, split_calibration
+    from training.pipeline import fit_calibrated
     from training.save import save_verified
 
     out = Path(a.out)
-    if a.init and Path(a.init).resolve() == out.resolve():
-        raise ValueError(f"{out}: --out must differ from --init so the previous artifact stays untouched")
+    if a.init:
+        given = _given_model_flags(a)
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise ValueError(f"{flag} cannot be used with --init: a retrained model keeps the shape of "
+                             f"{a.init}; only --steps, --max-patches, --seed and calibration flags apply")
+        if Path(a.init).resolve() == out.resolve():
+            raise ValueError(f"{out}: --out must differ from --init so the previous artifact stays untouched")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: output folder does not exist")
     if not os.access(out.parent, os.W_OK):
@@ -66,39 +84,25 @@ def cmd_fit(a: argparse.Namespace) -> None:
     device = resolve_device(a.device)
     init = Detector.from_artifact(a.init, str(device), a.backbone_weights) if a.init else None
     config = init.config if init else _model_config(a)
-    paths = good_images(a.data)
-    fit_paths, cal_paths = split_calibration(paths, a.calib_fraction, a.min_calib, a.seed)
-    log.info("%d good images: %d to fit the SAE, %d held out for calibration", len(paths), len(fit_paths),
-             len(cal_paths))
-    from training.calibrate import calibrate
-
+    cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
+                                min_count=a.min_calib, seed=a.seed)
     fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, seed=a.seed)
-    det = fit_detector(fit_paths, config, fit_cfg, device, a.backbone_weights, init)
-    det.calibration = calibrate(det, cal_paths, a.alpha, a.pixel_quantile, a.seed)
+    paths = good_images(a.data)
+    defects = None
+    if a.defects:
+        items = mvtec_test_set(a.defects) if (Path(a.defects) / "test").is_dir() else None
+        defects = [i.path for i in items if i.defect != "good"] if items else good_images([a.defects])
     now = dt.datetime.now(dt.UTC)
-    det.meta.update({
+    provenance = {
         "name": out.name.removesuffix(".safetensors"),
         "version": f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
         "created": now.isoformat(timespec="seconds"),
         "code_version": _code_version(),
-        "n_calibration_images": len(det.calibration.scores),
-        "calibration_split": {"fraction": a.calib_fraction, "min_count": a.min_calib, "seed": a.seed},
         "dataset_fingerprint": fingerprint(paths),
         "data": [str(Path(d).resolve()) for d in a.data],
-        "parent_version": init.version if init else None,
-        "fit_config": {"steps": fit_cfg.steps, "batch_size": fit_cfg.batch_size, "lr": fit_cfg.lr,
-                       "max_patches": fit_cfg.max_patches},
-    })
-    if a.defects:
-        items = [i for i in mvtec_test_set(a.defects)] if (Path(a.defects) / "test").is_dir() else None
-        bad_paths = [i.path for i in items if i.defect != "good"] if items else good_images([a.defects])
-        _, bad, _ = score_files(det, bad_paths, desc="defects")
-        report = f1_optimal(np.asarray(det.calibration.scores), bad)
-        det.meta["f1_optimal_on_defects"] = report
-        log.info("labelled defects: F1-optimal threshold %.4g (F1 %.3f, precision %.3f, recall %.3f); "
-                 "the decision rule stays the conformal threshold %.4g", report["threshold"], report["f1"],
-                 report["precision"], report["recall"], det.calibration.threshold)
-    save_verified(det, out, cal_paths[0])
+    }
+    det = fit_calibrated(paths, config, fit_cfg, cal_cfg, device, a.backbone_weights, init, provenance, defects)
+    save_verified(det, out, paths[0])
     elapsed = time.perf_counter() - t0
     log.info("wrote %s (version %s): threshold %.4g at alpha=%g from %d calibration images; "
              "%d images in %.1fs (%.1f img/s)", out, det.version, det.calibration.threshold, a.alpha,
@@ -168,26 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="artifact path to write (name.safetensors)")
     f.add_argument("--init", help="start from this artifact (retraining); it is left untouched")
     f.add_argument("--defects", help="optional folder of labelled defects: report the F1-optimal threshold")
-    f.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate (default 0.01)")
-    f.add_argument("--calib-fraction", type=float, default=0.2)
-    f.add_argument("--min-calib", type=int, default=30, help="at least this many calibration images")
-    f.add_argument("--pixel-quantile", type=float, default=0.999)
-    f.add_argument("--backbone", default="efficientnet_lite0")
+    c = CalibrationConfig
+    f.add_argument("--alpha", type=float, default=c.alpha, help=f"target false-alarm rate (default {c.alpha})")
+    f.add_argument("--calib-fraction", type=float, default=c.fraction,
+                   help=f"share of good images held out for calibration (default {c.fraction})")
+    f.add_argument("--min-calib", type=int, default=c.min_count,
+                   help=f"at least this many calibration images (default {c.min_count})")
+    f.add_argument("--pixel-quantile", type=float, default=c.pixel_quantile,
+                   help=f"good-pixel quantile that sets the region threshold (default {c.pixel_quantile})")
     f.add_argument("--backbone-weights", help="local weights file for the backbone")
-    f.add_argument("--stages", type=int, nargs="+", default=[2, 3])
-    f.add_argument("--mode", default="letterbox", choices=["letterbox", "resize", "tile"])
-    f.add_argument("--size", type=int, default=256)
-    f.add_argument("--margin", type=int, default=PreprocessConfig.margin,
-                   help="letterbox: reflected border around the part, in canvas pixels")
-    f.add_argument("--tile-scale", type=float, default=1.0)
-    f.add_argument("--overlap", type=int, default=32)
-    f.add_argument("--expansion", type=int, default=SAEConfig.expansion)
-    f.add_argument("--k", type=int, default=SAEConfig.k)
-    f.add_argument("--sigma", type=float, default=ScoringConfig.sigma)
-    f.add_argument("--image-score", default="max", choices=["max", "top_mean"])
-    f.add_argument("--steps", type=int, default=FitConfig.steps)
-    f.add_argument("--max-patches", type=int, default=300_000)
-    f.add_argument("--seed", type=int, default=0)
+    m = f.add_argument_group("model shape (defaults from models/config.py; not with --init)")
+    m.add_argument("--backbone", help=f"default {BackboneConfig.name}")
+    m.add_argument("--stages", type=int, nargs="+", help=f"default {' '.join(map(str, BackboneConfig.stages))}")
+    m.add_argument("--mode", choices=["letterbox", "resize", "tile"], help=f"default {PreprocessConfig.mode}")
+    m.add_argument("--size", type=int, help=f"canvas side, default {PreprocessConfig.size}")
+    m.add_argument("--margin", type=int, help="letterbox: reflected border around the part, in canvas pixels "
+                   f"(default {PreprocessConfig.margin})")
+    m.add_argument("--tile-scale", type=float, help=f"default {PreprocessConfig.tile_scale}")
+    m.add_argument("--overlap", type=int, help=f"default {PreprocessConfig.overlap}")
+    m.add_argument("--expansion", type=int, help=f"default {SAEConfig.expansion}")
+    m.add_argument("--k", type=int, help=f"default {SAEConfig.k}")
+    m.add_argument("--sigma", type=float, help=f"default {ScoringConfig.sigma}")
+    m.add_argument("--image-score", choices=["max", "top_mean"], help=f"default {ScoringConfig.image_score}")
+    f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
+    f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
+                   help=f"default {FitConfig.max_patches}")
+    f.add_argument("--seed", type=int, default=FitConfig.seed)
     f.add_argument("--device", default="auto")
     f.set_defaults(func=cmd_fit)
 

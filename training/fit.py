@@ -8,8 +8,8 @@ RAM as 500.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +26,7 @@ from models.backbone import Backbone
 from models.config import ModelConfig
 from models.detector import Detector, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
+from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
 from models.preprocess import make_canvases, valid_cells
 from models.sae import TopKSAE, auxk_loss, fvu
@@ -128,7 +129,7 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
                       fit_cfg: FitConfig, device: torch.device) -> Extracted:
     """Stream good images through the backbone into a bounded reservoir of patch features."""
     pre, bb = config.preprocess, config.backbone
-    stride = 2 ** (min(bb.stages) + 1)
+    grid = FeatureGrid.of(config)
     reservoir: Reservoir | None = None
     used: list[Path] = []
     pending, pending_valid, pending_img = [], [], []
@@ -154,7 +155,7 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
             continue
         canvases, layout = make_canvases(img, pre)
         pending.append(canvases)
-        pending_valid.append(valid_cells(layout, pre.size, stride))
+        pending_valid.append(valid_cells(layout, grid))
         pending_img.append(np.stack([np.full(len(canvases), len(used)), np.arange(len(canvases))], 1))
         used.append(path)
         if sum(len(c) for c in pending) >= fit_cfg.image_batch:
@@ -251,18 +252,6 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
                             fit_cfg.atlas_crop_px)
         progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
-            "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9)}
+            "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9),
+            "fit_config": dataclasses.asdict(fit_cfg)}
     return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas)
-
-
-def split_calibration(paths: Sequence[Path], fraction: float, min_count: int,
-                      seed: int) -> tuple[list[Path], list[Path]]:
-    """Seeded split of good images into (fit, calibration); calibration never trains the SAE."""
-    if len(paths) < 2:
-        raise ValueError(f"need at least 2 good images to fit and calibrate, found {len(paths)}")
-    n_cal = max(min_count, math.ceil(fraction * len(paths)))
-    n_cal = min(n_cal, len(paths) // 2)  # never leave the SAE with fewer images than calibration
-    order = np.random.default_rng(seed).permutation(len(paths))
-    cal = sorted(paths[i] for i in order[:n_cal])
-    fit = sorted(paths[i] for i in order[n_cal:])
-    return fit, cal

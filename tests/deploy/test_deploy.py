@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
+from bench.images import part_png
+from bench.servers import free_port, running_server
 from service.settings import Settings
-from tests.helpers import free_port, running_server
-from tests.images import part_png
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from models.explain import GRID, Atlas, box_cells, explain_region
+from models.geometry import FeatureGrid
 from models.imageio import list_images, read_image
 
 
@@ -39,9 +40,9 @@ def test_common_latent_in_the_wrong_place_is_misplaced():
 
 
 def test_box_cells_maps_work_pixels_to_feature_cells():
-    cells = box_cells((16, 8, 16, 8), (0, 0, 64, 64), size=64, stride=8)
+    cells = box_cells((16, 8, 16, 8), (0, 0, 64, 64), FeatureGrid(64, 8))
     assert sorted(map(tuple, cells)) == [(1, 2), (1, 3)]
-    assert box_cells((0, 0, 1, 1), (0, 0, 64, 64), 64, 8).tolist() == [[0, 0]]
+    assert box_cells((0, 0, 1, 1), (0, 0, 64, 64), FeatureGrid(64, 8)).tolist() == [[0, 0]]
 
 
 def test_detector_explains_the_injected_defect(detector, dataset):

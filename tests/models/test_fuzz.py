@@ -5,8 +5,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.images import part_png
 from models.imageio import ImageDecodeError, decode_image
-from tests.images import part_png
 
 SEED_PNG = part_png(5)
 

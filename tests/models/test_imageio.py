@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.images import encode, part_png, png_bomb
 from models.imageio import ImageDecodeError, decode_image
-from tests.images import encode, part_png, png_bomb
 
 
 def test_modes_all_decode_to_float_rgb():

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 
 from models.config import PreprocessConfig
+from models.geometry import FeatureGrid
 from models.preprocess import make_canvases, stitch, to_original, valid_cells
 
 
@@ -11,7 +12,8 @@ def test_letterbox_keeps_aspect_ratio_and_marks_padding():
     assert canvases.shape == (1, 256, 256, 3)
     assert layout.work_hw == (90, 224) and layout.offset == 16  # 500/1250 * 224, not squashed
     np.testing.assert_allclose(canvases[0, 16:106, 16:240], cv2.resize(img, (224, 90), interpolation=cv2.INTER_AREA))
-    cells = valid_cells(layout, 256, 8)  # cell centres 4, 12, 20, ...: rows 2..13 and cols 2..29 are real pixels
+    # cell centres 4, 12, 20, ...: rows 2..13 and cols 2..29 are real pixels
+    cells = valid_cells(layout, FeatureGrid(256, 8))
     assert cells.shape == (1, 32, 32) and cells[0, 2:13, 2:30].all()
     assert not cells[0, :2].any() and not cells[0, 14:].any() and not cells[0, :, 30:].any()
     maps = np.zeros((1, 256, 256), np.float32)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.images import encode, part_png, png_bomb
 from tests.helpers import save_version
-from tests.images import encode, part_png, png_bomb
 
 GOOD = part_png(101)
 BAD = part_png(102, defect="spot")

@@ -6,9 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from bench.images import part_png
+from bench.servers import running_server
 from service.settings import Settings
-from tests.helpers import running_server, save_version
-from tests.images import part_png
+from tests.helpers import save_version
 
 GOOD = part_png(201)
 HDR = {"content-type": "image/png"}

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.images import part_png
+from bench.servers import running_server
 from service.settings import Settings
-from tests.helpers import running_server
-from tests.images import part_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

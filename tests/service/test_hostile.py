@@ -6,9 +6,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import rss_bytes, server_process
-from tests.hostile import build_corpus, exif_rotated_png, send
-from tests.images import part_png
+from bench.hostile import build_corpus, exif_rotated_png, send
+from bench.images import part_png
+from bench.servers import rss_bytes, server_process
 
 MAX_BODY = 4 * 2**20
 GOOD = part_png(12)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import rss_bytes, server_process
-from tests.images import part_png
+from bench.images import part_png
+from bench.servers import rss_bytes, server_process
 
 GOOD = part_png(21)
 HDR = {"content-type": "image/png"}

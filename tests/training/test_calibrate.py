@@ -3,8 +3,8 @@ import pytest
 
 from models.imageio import list_images
 from models.synthetic import good_part
-from training.calibrate import calibrate
-from training.fit import Reservoir, split_calibration
+from training.calibrate import CalibrationConfig, calibrate, split_calibration
+from training.fit import Reservoir
 
 
 def test_reservoir_is_bounded_and_uniform():
@@ -18,11 +18,11 @@ def test_reservoir_is_bounded_and_uniform():
 
 def test_split_is_seeded_disjoint_and_respects_minimum(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(100)]
-    fit, cal = split_calibration(paths, 0.2, 30, seed=3)
+    fit, cal = split_calibration(paths, CalibrationConfig(fraction=0.2, min_count=30, seed=3))
     assert len(cal) == 30 and len(fit) == 70 and not set(fit) & set(cal)
-    assert split_calibration(paths, 0.2, 30, seed=3) == (fit, cal)
+    assert split_calibration(paths, CalibrationConfig(fraction=0.2, min_count=30, seed=3)) == (fit, cal)
     with pytest.raises(ValueError, match="at least 2"):
-        split_calibration(paths[:1], 0.2, 30, 0)
+        split_calibration(paths[:1], CalibrationConfig())
 
 
 def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp_path):
@@ -33,7 +33,7 @@ def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp
     for i in range(179):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), good_part(rng))
     paths = list_images(tmp_path)
-    cal = calibrate(detector, paths[:59], alpha=0.1)
+    cal = calibrate(detector, paths[:59], CalibrationConfig(alpha=0.1))
     assert cal.threshold == cal.scores[53]  # rank ceil(60 * 0.9) = 54
     from models.imageio import read_image
 
@@ -47,6 +47,6 @@ def test_too_few_calibration_images_warns(detector, dataset, caplog):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="training.calibrate"):
-        cal = calibrate(detector, list_images(dataset / "test" / "good")[:5], alpha=0.01)
+        cal = calibrate(detector, list_images(dataset / "test" / "good")[:5], CalibrationConfig(alpha=0.01))
     assert "split-conformal calibration needs at least" in caplog.text
     assert cal.threshold == max(cal.scores)

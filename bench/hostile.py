@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.images import encode, part_png, png_bomb
+from bench.images import encode, part_png, png_bomb
 
 
 @dataclass
