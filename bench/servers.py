@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +17,15 @@ import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.05) -> None:
+    """Poll `condition` until it holds; TimeoutError after `timeout_s` (never a silent fall-through)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s} s")
+        time.sleep(poll_s)
 
 
 def free_port() -> int:

@@ -31,3 +31,19 @@ def test_inspection_fields_are_consistent(detector, dataset):
     assert r.anomalous == (r.score > r.threshold)
     assert 0 < r.p_value <= 1
     assert r.anomaly_map.shape == r.layout.work_hw
+
+
+def test_detector_is_immutable_and_a_clone_keeps_everything(detector):
+    import pytest
+    import torch
+
+    with pytest.raises(AttributeError, match="immutable"):
+        detector.calibration = None
+    with pytest.raises(TypeError):
+        detector.meta["version"] = "patched"
+    clone = detector.replace(meta={**detector.meta, "version": "v2"})
+    assert clone.version == "v2" and detector.version == "test-1"
+    assert clone.atlas is detector.atlas and clone.calibration == detector.calibration
+    assert clone.config == detector.config and torch.equal(clone.feat_mean, detector.feat_mean)
+    with pytest.raises(TypeError, match="unknown"):
+        detector.replace(threshold=1.0)

@@ -1,13 +1,12 @@
 """A real uvicorn on 127.0.0.1: reload under load, back-pressure, automatic pick-up."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from bench.images import part_png
-from bench.servers import running_server
+from bench.servers import running_server, wait_until
 from service.settings import Settings
 from tests.helpers import save_version
 
@@ -36,11 +35,11 @@ def test_hot_reload_under_load_loses_no_request(models_dir, detector):
         versions = ["test-1"]
         with httpx.Client(base_url=url, timeout=60, headers={"authorization": "Bearer k"}) as admin:
             for i in range(3):
-                time.sleep(0.7)
+                wait_until(lambda n=len(results): len(results) >= n + 3)  # traffic between swaps
                 versions.append(f"v{i}")
                 save_version(detector, models_dir / "parts.safetensors", versions[-1])
                 assert admin.post("/v1/models/parts/reload").json()["version"] == versions[-1]
-        time.sleep(0.5)
+        wait_until(lambda: sum(v == versions[-1] for _, v in results) >= 4)  # the last version serves
         stop.set()
         for t in threads:
             t.join(60)
@@ -71,15 +70,10 @@ def test_watcher_picks_up_new_and_changed_artifacts(models_dir, detector):
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
         save_version(detector, models_dir / "line7.safetensors", "w-1")
         save_version(detector, models_dir / "parts.safetensors", "w-2")
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            models = {m["name"]: m["version"] for m in c.get("/v1/models").json()}
-            if models == {"parts": "w-2", "line7": "w-1"}:
-                break
-            time.sleep(0.2)
-        assert models == {"parts": "w-2", "line7": "w-1"}
+        wait_until(lambda: {m["name"]: m["version"] for m in c.get("/v1/models").json()}
+                   == {"parts": "w-2", "line7": "w-1"})
         (models_dir / "junk.safetensors").write_bytes(b"not an artifact")
-        time.sleep(1.0)
+        wait_until(lambda: "junk" in c.get("/readyz").json()["failed"])
         ready = c.get("/readyz").json()
         assert "junk" in ready["failed"] and "junk" not in ready["models"]
         assert c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR).status_code == 200

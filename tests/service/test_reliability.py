@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from bench.images import part_png
-from bench.servers import rss_bytes, server_process
+from bench.servers import rss_bytes, server_process, wait_until
 
 GOOD = part_png(21)
 HDR = {"content-type": "image/png"}
@@ -49,6 +49,17 @@ def test_sustained_load_no_5xx_and_flat_memory(models_dir):
     assert grown < 100 * 2**20
 
 
+def failed_reloads(url: str) -> float:
+    m = re.search(r'sae_inspect_model_reloads_total\{model="parts",outcome="failed"\} (\S+)',
+                  httpx.get(f"{url}/metrics").text)
+    return float(m.group(1)) if m else 0.0
+
+
+def inflight(url: str) -> float:
+    m = re.search(r"^sae_inspect_inflight_requests (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_bad_artifacts_under_load_keep_the_old_model_serving(models_dir, artifact):
     with server_process(models_dir, SAE_INSPECT_WATCH_INTERVAL_S="0.2") as (url, proc):
         stop, results = threading.Event(), []
@@ -67,20 +78,18 @@ def test_bad_artifacts_under_load_keep_the_old_model_serving(models_dir, artifac
         tampered = bytearray(good)
         tampered[-100] ^= 0xFF
         wrong_version = good.replace(b"sae-inspect/1", b"sae-inspect/9", 1)
-        for bad in (good[: len(good) // 3], bytes(tampered), wrong_version):
+        for n, bad in enumerate((good[: len(good) // 3], bytes(tampered), wrong_version), 1):
             tmp = models_dir / ".incoming"
             tmp.write_bytes(bad)
             tmp.replace(target)
-            time.sleep(1.0)
+            wait_until(lambda n=n: failed_reloads(url) >= n)  # the watcher saw and rejected this one
         stop.set()
         for t in threads:
             t.join(60)
-        metrics = httpx.get(f"{url}/metrics").text
+        failed = failed_reloads(url)
         ready = httpx.get(f"{url}/readyz").json()
     assert results and {s for s, _ in results} == {200}
     assert {v for _, v in results} == {"test-1"}
-    failed = float(re.search(r'sae_inspect_model_reloads_total\{model="parts",outcome="failed"\} (\S+)',
-                             metrics).group(1))
     assert failed == 3
     assert "parts" in ready["failed"] and ready["models"] == {"parts": "test-1"}
 
@@ -98,11 +107,8 @@ def test_sigterm_drains_in_flight_requests_and_restart_is_ready(models_dir, dete
         threads = [threading.Thread(target=one) for _ in range(8)]
         for t in threads:
             t.start()
-        deadline = time.time() + 10
-        while time.time() < deadline:  # every request is in the server before the signal
-            m = re.search(r"^sae_inspect_inflight_requests (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
-            if m and float(m.group(1)) >= 9:  # 8 inspections + this scrape
-                break
+        # every request is inside the server before the signal (8 inspections + this scrape), or the test fails
+        wait_until(lambda: inflight(url) >= 9, timeout_s=30, poll_s=0.01)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)

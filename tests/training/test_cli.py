@@ -1,10 +1,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from models.detector import Detector
+from models.scoring import conformal_threshold
 from models.synthetic import write_dataset
+from training.calibrate import CalibrationConfig
 from training.cli import main
 
 FAST = ["--steps", "60", "--max-patches", "20000", "--min-calib", "8", "--device", "cpu"]
@@ -26,6 +29,11 @@ def fitted(small_data, tmp_path_factory):
 
 def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     det = Detector.from_artifact(fitted, "cpu")
+    cal = det.calibration
+    assert cal.alpha == CalibrationConfig.alpha  # CLI defaults are the dataclass defaults
+    # too few images for alpha=0.01 (rank > n): the trainer falls back to the largest score
+    expected = conformal_threshold(np.asarray(cal.scores), cal.alpha)
+    assert cal.threshold == (expected if np.isfinite(expected) else cal.scores[-1])
     assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
     # 25 files, 8 held out for calibration, the unreadable one skipped wherever it landed
     assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
@@ -59,6 +67,21 @@ def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp
     old, det = Detector.from_artifact(fitted, "cpu"), Detector.from_artifact(new, "cpu")
     assert det.meta["parent_version"] == old.version != det.version
     assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(fitted), *FAST]) == 2
+
+
+@pytest.mark.parametrize("flag", [["--k", "4"], ["--size", "320"], ["--backbone", "resnet18"], ["--stages", "1", "2"]])
+def test_init_with_a_model_shaping_flag_is_a_one_line_error(fitted, small_data, tmp_path, capsys, flag):
+    out = tmp_path / "m3.safetensors"
+    assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(out), *flag, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag[0]} cannot be used with --init" in err[0] and not out.exists()
+
+
+def test_alpha_sets_the_conformal_threshold(small_data, tmp_path):
+    out = tmp_path / "a.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--alpha", "0.2", *FAST]) == 0
+    cal = Detector.from_artifact(out, "cpu").calibration
+    assert cal.alpha == 0.2 and cal.threshold == conformal_threshold(np.asarray(cal.scores), 0.2)
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -108,8 +131,10 @@ def test_failed_save_keeps_previous_artifact(fitted, small_data, tmp_path, monke
 
 def test_fit_with_labelled_defects_reports_f1_threshold_beside_conformal(small_data, tmp_path):
     out = tmp_path / "d.safetensors"
-    assert main(["fit", str(small_data), "--out", str(out), "--defects", str(small_data), *FAST]) == 0
+    assert main(["fit", str(small_data), "--out", str(out), "--defects", str(small_data), "--alpha", "0.2",
+                 *FAST]) == 0
     det = Detector.from_artifact(out, "cpu")
     report = det.meta["f1_optimal_on_defects"]
     assert {"threshold", "f1", "precision", "recall"} <= set(report)
-    assert det.calibration.threshold != report["threshold"]  # the decision rule stays conformal
+    cal = det.calibration  # the decision rule stays the conformal threshold, not the F1-optimal one
+    assert cal.threshold == conformal_threshold(np.asarray(cal.scores), 0.2)
