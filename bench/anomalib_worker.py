@@ -88,8 +88,9 @@ def samples(data: Path, train_dir: Path) -> tuple[Samples, Samples]:
                 continue
             mask = data / "ground_truth" / sub.name / f"{p.stem}_mask.png"
             test.append({"image_path": str(p), "split": "test", "label_index": int(sub.name != "good"),
-                         "mask_path": str(mask) if sub.name != "good" else ""})
-    return Samples(train, "classification"), Samples(test, "segmentation")
+                         "mask_path": str(mask) if sub.name != "good" and mask.is_file() else ""})
+    has_masks = any(t["mask_path"] for t in test)  # a category without masks: image metrics only
+    return Samples(train, "classification"), Samples(test, "segmentation" if has_masks else "classification")
 
 
 def main() -> None:
@@ -129,6 +130,8 @@ def main() -> None:
         for b in preds:
             scores += b.pred_score.flatten().tolist()
             labels += b.gt_label.flatten().tolist()
+            if b.gt_mask is None:
+                continue
             am = torch.nn.functional.interpolate(b.anomaly_map.reshape(-1, 1, *b.anomaly_map.shape[-2:]).float(),
                                                  size=(SIZE, SIZE), mode="bilinear")[:, 0]
             gm = torch.nn.functional.interpolate(b.gt_mask.reshape(-1, 1, *b.gt_mask.shape[-2:]).float(),
@@ -136,9 +139,10 @@ def main() -> None:
             maps += list(am.numpy())
             masks += list(gm.numpy())
         row["image_auroc"] = auroc(np.array(labels), np.array(scores))
-        row["pixel_auroc"] = auroc(np.concatenate([m.ravel() for m in masks]),
-                                   np.concatenate([m.ravel() for m in maps]))
-        row["aupro_30"] = aupro(masks, maps)
+        if masks and any(m.any() for m in masks):
+            row["pixel_auroc"] = auroc(np.concatenate([m.ravel() for m in masks]),
+                                       np.concatenate([m.ravel() for m in maps]))
+            row["aupro_30"] = aupro(masks, maps)
         row["n_test_images"] = len(scores)
         # forward throughput of anomalib's torch model on pre-processed 256 x 256 tensors
         net = model.model.eval()

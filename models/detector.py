@@ -20,13 +20,21 @@ import torch
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
-from models.config import ModelConfig
+from models.config import NORMALIZE_CHOICES, ModelConfig
 from models.explain import Atlas, RegionExplanation, box_cells, explain_region
 from models.features import extract_features, standardize
 from models.geometry import FeatureGrid
 from models.preprocess import Layout, make_canvases, stitch, valid_cells
 from models.sae import TopKSAE, patch_error
-from models.scoring import Region, anomaly_maps, conformal_p_value, find_regions, image_score
+from models.scoring import (
+    Region,
+    anomaly_maps,
+    conformal_p_value,
+    find_regions,
+    image_score,
+    latent_novelty,
+    normalize_positions,
+)
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,47 @@ class Calibration:
             raise ValueError("calibration scores must be sorted")
 
 
+class ScoreStats(NamedTuple):
+    """What the fit learned from good training patches for scoring, per feature-grid position."""
+
+    err_mean: torch.Tensor  # (cells, cells) patch error
+    err_std: torch.Tensor  # (cells, cells)
+    rarity: torch.Tensor  # (cells, cells, n) -log firing rate of each latent at each position
+    nov_mean: torch.Tensor  # (cells, cells) latent novelty
+    nov_std: torch.Tensor  # (cells, cells)
+
+    def to(self, device: torch.device | str) -> ScoreStats:
+        return ScoreStats(*(t.to(device) for t in self))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"score.{k}": v for k, v in self._asdict().items()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> ScoreStats | None:
+        return cls(*(t[f"score.{k}"] for k in cls._fields)) if "score.err_mean" in t else None
+
+
 class CanvasPass(NamedTuple):
     maps: torch.Tensor
     """(B, S, S) smoothed anomaly maps (CPU)."""
     err: torch.Tensor
-    """(B, h, w) patch errors on the feature grid."""
+    """(B, h, w) raw patch errors on the feature grid (before any normalisation)."""
     latents: torch.Tensor
     """(B, h, w, n) sparse codes."""
+
+
+def patch_score(err: torch.Tensor, latents: torch.Tensor, normalize: str, stats: ScoreStats | None) -> torch.Tensor:
+    """(B, h, w) patch errors and (B, h, w, n) codes -> (B, h, w) anomaly score per patch.
+
+    'none': the raw error; 'position': its z-score against good patches at the same position;
+    'position_novelty': that plus the z-score of the latents' novelty at that position.
+    """
+    if normalize == "none":
+        return err
+    score = normalize_positions(err, stats.err_mean, stats.err_std)
+    if normalize == "position_novelty":
+        score = score + normalize_positions(latent_novelty(latents, stats.rarity), stats.nov_mean, stats.nov_std)
+    return score
 
 
 class Inspection(NamedTuple):
@@ -90,14 +132,23 @@ class Detector:
     """A fitted detector. Complete when constructed and never changed afterwards: use
     ``replace`` to get a detector that differs (e.g. calibrated); it keeps everything else."""
 
-    _FIELDS = ("config", "backbone", "feat_mean", "feat_std", "sae", "calibration", "meta", "atlas", "batch_size")
+    _FIELDS = ("config", "backbone", "feat_mean", "feat_std", "sae", "calibration", "meta", "atlas",
+               "score_stats", "batch_size")
 
     def __init__(self, config: ModelConfig, backbone: Backbone, feat_mean: torch.Tensor, feat_std: torch.Tensor,
                  sae: TopKSAE, calibration: Calibration | None = None, meta: Mapping[str, Any] | None = None,
-                 atlas: Atlas | None = None, batch_size: int = 16):
+                 atlas: Atlas | None = None, score_stats: ScoreStats | None = None, batch_size: int = 16):
         device = next(iter(sae.parameters())).device
+        grid = FeatureGrid.of(config)
+        if config.scoring.normalize != "none" and score_stats is None:
+            raise ValueError(f"scoring {config.scoring.normalize!r} needs score statistics; the detector has none")
+        if score_stats is not None and (tuple(score_stats.err_mean.shape) != (grid.cells, grid.cells)
+                                        or score_stats.rarity.shape[-1] != sae.n_latents):
+            raise ValueError(f"score statistics of shape {tuple(score_stats.rarity.shape)} do not fit a "
+                             f"{grid.cells} x {grid.cells} grid and {sae.n_latents} latents")
         fields = {
-            "config": config, "backbone": backbone, "device": device, "grid": FeatureGrid.of(config),
+            "config": config, "backbone": backbone, "device": device, "grid": grid,
+            "score_stats": score_stats.to(device) if score_stats is not None else None,
             "feat_mean": feat_mean.to(device), "feat_std": feat_std.to(device),
             "sae": sae.eval().requires_grad_(False), "calibration": calibration,
             "meta": MappingProxyType(copy.deepcopy(dict(meta or {}))), "atlas": atlas, "batch_size": batch_size,
@@ -142,15 +193,20 @@ class Detector:
             raise ArtifactError(f"{path}: inconsistent artifact ({type(e).__name__}: {e})") from e
         if w_dec.shape[0] != tensors["feat_mean"].numel():
             raise ArtifactError(f"{path}: SAE input size does not match the feature statistics")
-        meta = {k: v for k, v in meta.items() if k not in ("calibration", "backbone_sha256")}
-        return cls(config, backbone, tensors["feat_mean"], tensors["feat_std"], sae.to(dev), calib, meta,
-                   atlas=Atlas.from_tensors(tensors))
+        meta = {k: v for k, v in meta.items() if k != "calibration"}
+        try:
+            return cls(config, backbone, tensors["feat_mean"], tensors["feat_std"], sae.to(dev), calib, meta,
+                       atlas=Atlas.from_tensors(tensors), score_stats=ScoreStats.from_tensors(tensors))
+        except ValueError as e:
+            raise ArtifactError(f"{path}: inconsistent artifact ({e})") from e
 
     def save(self, path: str | Path) -> str:
         tensors = {"feat_mean": self.feat_mean, "feat_std": self.feat_std}
         tensors |= {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         if self.atlas is not None:
             tensors |= self.atlas.tensors()
+        if self.score_stats is not None:
+            tensors |= self.score_stats.tensors()
         meta = dict(self.meta)
         meta["calibration"] = asdict(self.calibration) if self.calibration else None
         meta["backbone_sha256"] = _sha256_cached(self.backbone)
@@ -171,11 +227,16 @@ class Detector:
     @torch.inference_mode()
     def canvas_pass(self, canvases: np.ndarray) -> CanvasPass:
         """(B, S, S, 3) canvases -> maps, patch errors and sparse codes: the one scoring path."""
+        scoring = self.config.scoring
+        if scoring.normalize not in NORMALIZE_CHOICES:
+            raise RuntimeError(f"scoring normalisation {scoring.normalize!r} is not resolved; fit_calibrated picks it")
         f = self.features(canvases)  # (B, h, w, C)
         z, _ = self.sae.encode(f.flatten(0, 2))  # (B*h*w, n)
         err = patch_error(f, self.sae.decode(z).view_as(f))  # (B, h, w)
-        maps = anomaly_maps(err, self.config.preprocess.size, self.config.scoring.sigma)
-        return CanvasPass(maps.cpu(), err, z.view(*f.shape[:3], -1))
+        z = z.view(*f.shape[:3], -1)  # (B, h, w, n)
+        maps = anomaly_maps(patch_score(err, z, scoring.normalize, self.score_stats),
+                            self.config.preprocess.size, scoring.sigma)
+        return CanvasPass(maps.cpu(), err, z)
 
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) canvases -> (N, S, S) smoothed anomaly maps, in batches."""

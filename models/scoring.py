@@ -21,6 +21,54 @@ def anomaly_maps(errors: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return maps[:, 0]
 
 
+def fit_position_stats(values: torch.Tensor, cells: torch.Tensor, n_cells: int, min_count: int = 8,
+                       floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell mean and std of a patch statistic on good images.
+
+    values: (N,) one value per good patch; cells: (N, 2) its row/col on the n_cells x n_cells
+    feature grid. Cells seen fewer than `min_count` times take the global mean and std; every
+    std is floored at `floor` x the global std so that a cell where good parts never vary
+    cannot turn noise into a huge z-score. -> (n_cells, n_cells) mean, (n_cells, n_cells) std.
+    """
+    v = values.double()
+    flat = (cells[:, 0] * n_cells + cells[:, 1]).long()
+    count = torch.bincount(flat, minlength=n_cells * n_cells).double()
+    total = torch.bincount(flat, v, minlength=n_cells * n_cells)
+    total_sq = torch.bincount(flat, v * v, minlength=n_cells * n_cells)
+    mean = total / count.clamp_min(1)
+    var = (total_sq / count.clamp_min(1) - mean**2).clamp_min(0) * count / (count - 1).clamp_min(1)
+    g_mean, g_std = v.mean(), v.std()
+    few = count < min_count
+    mean = torch.where(few, g_mean, mean)
+    std = torch.where(few, g_std, var.sqrt()).clamp_min(floor * float(g_std) + 1e-12)
+    return mean.view(n_cells, n_cells).float(), std.view(n_cells, n_cells).float()
+
+
+def normalize_positions(errors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) patch errors -> z-scores against the good-image statistics of each position."""
+    return (errors - mean) / std
+
+
+def latent_rarity(counts: torch.Tensor, seen: torch.Tensor, prior: float = 10.0, eps: float = 1e-3) -> torch.Tensor:
+    """How unusual each latent is at each position of good products: -log(firing rate).
+
+    counts: (P, n) how often each latent fired at each of P positions on good patches;
+    seen: (P,) good patches seen at each position. The rate at a position is shrunk towards
+    the latent's global rate with `prior` pseudo-patches, so a position seen rarely does not
+    call every latent novel. -> (P, n).
+    """
+    counts, seen = counts.double(), seen.double()[:, None]
+    rate_global = counts.sum(0) / seen.sum().clamp_min(1)
+    rate = (counts + prior * rate_global) / (seen + prior)
+    return (-torch.log(rate + eps)).float()
+
+
+def latent_novelty(latents: torch.Tensor, rarity: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, n) sparse codes, (h, w, n) rarity -> (B, h, w) activation-weighted mean rarity
+    of the latents that fire: high where the patch uses atoms good products never use there."""
+    return (latents * rarity).sum(-1) / latents.sum(-1).clamp_min(1e-6)
+
+
 def image_score(work_map: np.ndarray, mode: str = "max", top_fraction: float = 0.01) -> float:
     """(H, W) map -> scalar: its max, or the mean of its top `top_fraction` pixels."""
     if mode == "max":

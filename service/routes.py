@@ -215,10 +215,11 @@ def _card(served: Served) -> schemas.ModelCard:
     cfg = det.config
     provenance = {k: det.meta.get(k) for k in ("created", "code_version", "n_fit_images", "n_calibration_images",
                                                "dataset_fingerprint", "parent_version", "fit_stats",
-                                               "calibration_split", "backbone_sha256")}
+                                               "calibration_split", "backbone_sha256", "scoring_selection")}
     return schemas.ModelCard(
         name=served.name, version=det.version, backbone=cfg.backbone.name, stages=list(cfg.backbone.stages),
         preprocess=vars(cfg.preprocess), sae={**vars(cfg.sae), "d_in": det.sae.d_in, "n_latents": det.sae.n_latents},
+        scoring=vars(cfg.scoring),
         threshold=cal.threshold, pixel_threshold=cal.pixel_threshold, alpha=cal.alpha,
         calibration_size=len(cal.scores), calibration_scores=list(cal.scores), provenance=provenance,
         loaded_at=served.loaded_at)

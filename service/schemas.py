@@ -96,6 +96,8 @@ class ModelCard(BaseModel):
     stages: list[int]
     preprocess: dict
     sae: dict
+    scoring: dict
+    """How the map and the image score are computed, including the normalisation the fit chose."""
     threshold: float
     pixel_threshold: float
     alpha: float

@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from models.backbone import Backbone
 from models.config import ModelConfig
-from models.detector import Detector, shared_backbone
+from models.detector import Detector, ScoreStats, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
 from models.preprocess import make_canvases, valid_cells
-from models.sae import TopKSAE, auxk_loss, fvu
+from models.sae import TopKSAE, auxk_loss, fvu, patch_error
+from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,33 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
         atlas = build_atlas(sae, x, extracted.tags, extracted.paths, config, fit_cfg.atlas_crops,
                             fit_cfg.atlas_crop_px)
         progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
+    score_stats = fit_score_stats(sae, x, extracted.tags, FeatureGrid.of(config).cells)
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
             "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9),
             "fit_config": dataclasses.asdict(fit_cfg)}
-    return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas)
+    return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas,
+                    score_stats=score_stats)
+
+
+@torch.no_grad()
+def fit_score_stats(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, n_cells: int, chunk: int = 8192) -> ScoreStats:
+    """Per-position statistics of the patch error and of latent novelty on the good training patches.
+
+    The reservoir keeps each patch's grid position, so this costs two SAE passes over the
+    reservoir, chunk by chunk, and no second pass over the images.
+    """
+    sae = sae.cpu()
+    cells = torch.from_numpy(tags[:, 2:4]).long()
+    flat = cells[:, 0] * n_cells + cells[:, 1]
+    errs, active = [], torch.zeros(n_cells * n_cells, sae.n_latents, dtype=torch.float64)
+    for i in range(0, len(x), chunk):  # pass 1: errors and per-position firing counts
+        out = sae(x[i : i + chunk])
+        errs.append(patch_error(x[i : i + chunk], out.x_hat))
+        active.index_add_(0, flat[i : i + chunk], (out.latents > 0).double())
+    rarity = latent_rarity(active, torch.bincount(flat, minlength=n_cells * n_cells))
+    table = rarity.view(n_cells * n_cells, -1)
+    nov = torch.cat([latent_novelty(sae.encode(x[i : i + chunk])[0], table[flat[i : i + chunk]])
+                     for i in range(0, len(x), chunk)])  # pass 2: novelty of each good patch
+    err_mean, err_std = fit_position_stats(torch.cat(errs), cells, n_cells)
+    nov_mean, nov_std = fit_position_stats(nov, cells, n_cells)
+    return ScoreStats(err_mean, err_std, rarity.view(n_cells, n_cells, -1), nov_mean, nov_std)

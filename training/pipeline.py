@@ -19,6 +19,7 @@ from models.config import ModelConfig
 from models.detector import Detector
 from training.calibrate import CalibrationConfig, calibrate, f1_optimal, score_files, split_calibration
 from training.fit import FitConfig, fit_detector
+from training.select import select_normalization
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     log.info("%d good images: %d to fit the SAE, %d held out for calibration", len(paths), len(fit_paths),
              len(cal_paths))
     det = fit_detector(fit_paths, config, fit_cfg, device, backbone_weights, init)
+    if config.scoring.normalize == "auto":
+        choice, table = select_normalization(det, fit_paths, seed=fit_cfg.seed)
+        resolved = dataclasses.replace(config, scoring=dataclasses.replace(config.scoring, normalize=choice))
+        det = det.replace(config=resolved, meta={**det.meta, "scoring_selection": {
+            "normalize": choice, "auroc_on_synthetic_defects": table}})
     calibration = calibrate(det, cal_paths, cal_cfg)
     meta = {**det.meta, **(provenance or {}),
             "n_calibration_images": len(calibration.scores),

@@ -1,0 +1,215 @@
+"""Accuracy on every category in ../shared/datasets: our default, an ablation of each scoring
+component, and anomalib PaDiM (and PatchCore, when asked) on the same data and machine.
+
+    python -m bench.accuracy                       # every category, ours + ablation + PaDiM
+    python -m bench.accuracy --patchcore           # also anomalib PatchCore (coreset 0.01; slow)
+    python -m bench.accuracy --table-only          # rewrite the tables from cached rows
+
+Ours: one `fit_calibrated` with the default config per category (the fit chooses the
+scoring from good images only), then `evaluate` on the full test split. Ablation: the same
+fitted SAE with each scoring switched on and off, each recalibrated on the same held-out
+good images (so its conformal threshold and recall are its own). Throughput: `canvas_maps`
+at batch 1 on prepared canvases for the first-build scoring (raw error, map maximum) and the
+default, interleaved in one process. anomalib rows run in bench/.venv-anomalib
+(`bench/anomalib_compare.py` installs it). Rows are keyed by (dataset, method) and cached in
+bench/results/accuracy.json, so an interrupted run resumes. A category without pixel masks
+gets image metrics only, and its rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.fit_eval import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "bench" / "work"
+RES = RESULTS / "accuracy.json"
+DEFAULT = "SAE Inspect (default)"
+# (label, normalize, image_score): the first row is the first build's scoring
+ABLATION = [("raw error, map max (first build)", "none", "max"),
+            ("raw error, top-1% mean", "none", "top_mean"),
+            ("position z, map max", "position", "max"),
+            ("position z, top-1% mean", "position", "top_mean")]
+METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
+
+
+def _metrics(detector, data: Path) -> dict:
+    from training.evaluate import evaluate
+
+    m, _ = evaluate(detector, data)
+    return {k: m.get(k) for k in METRICS}
+
+
+def throughput(detectors: dict, canvases: np.ndarray, rounds: int = 4, seconds: float = 3.0) -> dict:
+    """Images/s of canvas_maps at batch 1 for each detector, interleaved in `rounds` rounds."""
+    counts = {k: [0, 0.0] for k in detectors}
+    for d in detectors.values():
+        d.canvas_maps(canvases[:1])
+    for _ in range(rounds):
+        for k, d in detectors.items():
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                d.canvas_maps(canvases[n % len(canvases)][None])
+                n += 1
+            counts[k][0] += n
+            counts[k][1] += time.perf_counter() - t0
+    return {k: n / t for k, (n, t) in counts.items()}
+
+
+def run_ours(data: Path, rows: dict, save) -> None:
+    import torch
+
+    from models.config import ModelConfig
+    from models.detector import Detector
+    from models.imageio import read_image
+    from models.preprocess import make_canvases
+    from training.calibrate import CalibrationConfig, calibrate, split_calibration
+    from training.data import good_images, mvtec_test_set
+    from training.pipeline import fit_calibrated
+
+    torch.set_num_threads(2)
+    name = data.name
+    model = WORK / f"accuracy_{name}.safetensors"
+    key = f"{name}|{DEFAULT}"
+    if key not in rows or not model.exists():
+        paths = good_images([data])
+        t0 = time.perf_counter()
+        det = fit_calibrated(paths, ModelConfig(), device="cpu", provenance={"version": "bench"})
+        fit_s = time.perf_counter() - t0
+        det.save(model)
+        rows[key] = {"dataset": name, "method": DEFAULT, "fit_seconds": fit_s, "n_train_images": len(paths),
+                     "model_bytes": model.stat().st_size, "chosen": det.config.scoring.normalize,
+                     "selection": det.meta["scoring_selection"]["auroc_on_synthetic_defects"],
+                     **_metrics(det, data)}
+        save()
+    det = Detector.from_artifact(model, "cpu")
+    _, cal_paths = split_calibration(good_images([data]), CalibrationConfig())
+    variants = {}
+    for label, normalize, image_score in ABLATION:
+        scoring = dataclasses.replace(det.config.scoring, normalize=normalize, image_score=image_score)
+        variants[label] = det.replace(config=dataclasses.replace(det.config, scoring=scoring))
+        key = f"{name}|ablation: {label}"
+        if key in rows:
+            continue
+        v = variants[label]
+        v = v.replace(calibration=calibrate(v, cal_paths, CalibrationConfig()))
+        variants[label] = v
+        rows[key] = {"dataset": name, "method": f"ablation: {label}", **_metrics(v, data)}
+        save()
+    key = f"{name}|throughput"
+    if key not in rows:
+        test = [i.path for i in mvtec_test_set(data)][::20][:16]
+        canvases = np.concatenate([make_canvases(read_image(p), det.config.preprocess)[0] for p in test])
+        first = ABLATION[0][0]
+        ips = throughput({"first build": variants[first], "default": det}, canvases)
+        rows[key] = {"dataset": name, "method": "throughput", "images_per_s_first_build": ips["first build"],
+                     "images_per_s_default": ips["default"], "ratio": ips["default"] / ips["first build"]}
+        save()
+
+
+def run_anomalib(data: Path, rows: dict, save, patchcore: bool) -> None:
+    import subprocess
+
+    from bench.anomalib_compare import ensure_anomalib, run_row
+
+    py = ensure_anomalib()
+    methods = {"anomalib PaDiM": ["--method", "padim"]}
+    if patchcore:
+        methods["anomalib PatchCore (coreset 0.01)"] = ["--method", "patchcore", "--coreset", "0.01"]
+    with open(WORK / "accuracy_anomalib.log", "a") as log:
+        for method, extra in methods.items():
+            key = f"{data.name}|{method}"
+            if key in rows:
+                continue
+            print(f"[run] {key}", flush=True)
+            cmd = [str(py), "-m", "bench.anomalib_worker", "--data", str(data), "--work", str(WORK / "anomalib"),
+                   *extra]
+            try:
+                rows[key] = {"dataset": data.name, "method": method, **run_row(cmd, log)}
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                print(f"[failed] {key}: {e}", file=sys.stderr)
+                continue
+            save()
+
+
+def _f(v, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def write_tables(rows: dict, datasets: list[str]) -> str:
+    cols = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate")
+    head = ("| method | image AUROC | pixel AUROC | AUPRO@30% | recall at alpha 0.01 | false alarms on test/good |",
+            "|---|---|---|---|---|---|")
+    out = [f"Machine: {machine()}; command: `python -m bench.accuracy`; full test split of each category "
+           "in `../shared/datasets`. Recall and false-alarm rate at the split-conformal threshold for "
+           "alpha = 0.01 (anomalib has no such threshold: '-').", ""]
+    methods = [DEFAULT, "anomalib PaDiM", "anomalib PatchCore (coreset 0.01)"] + [f"ablation: {a[0]}"
+                                                                                for a in ABLATION]
+    for ds in datasets:
+        got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
+        if not got:
+            continue
+        masks = any(r.get("pixel_auroc") is not None for r in got.values())
+        d = got.get(DEFAULT, {})
+        out += [f"### {ds}" + ("" if masks else " (no pixel masks: image metrics only)"), "",
+                f"Default chose `normalize={d.get('chosen')}` (AUROC on synthetic defects in good fit images: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in d.get("selection", {}).items()) + ").", "", *head]
+        for m in methods:
+            if m in got:
+                out.append(f"| {m} | " + " | ".join(_f(got[m].get(c)) for c in cols) + " |")
+        t = got.get("throughput")
+        if t:
+            out += ["", f"Throughput (`canvas_maps`, batch 1, interleaved): first-build scoring "
+                    f"{t['images_per_s_first_build']:.1f} images/s, default {t['images_per_s_default']:.1f} "
+                    f"images/s (ratio {t['ratio']:.2f})."]
+        out.append("")
+    out += ["### Mean over the categories", "", *head]
+    for m in methods:
+        vals = [next((r for r in rows.values() if r["dataset"] == ds and r["method"] == m), None) for ds in datasets]
+        if any(v is None for v in vals):
+            continue
+        out.append(f"| {m} | " + " | ".join(
+            _f(None if any(v.get(c) is None for v in vals) else float(np.mean([v[c] for v in vals]))) for c in cols)
+            + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("datasets", nargs="*", type=Path, help="category folders (default: all in ../shared/datasets)")
+    p.add_argument("--no-anomalib", action="store_true", help="only our rows")
+    p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    data = [d.resolve() for d in a.datasets] or sorted(d for d in DATASETS.iterdir() if (d / "test").is_dir())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(RES.read_text())["rows"] if RES.exists() else {}
+
+    def save() -> None:
+        RES.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+    if not a.table_only:
+        for d in data:
+            print(f"[ours] {d.name}", flush=True)
+            run_ours(d, rows, save)
+        if not a.no_anomalib:
+            for d in data:
+                run_anomalib(d, rows, save, a.patchcore)
+    table = write_tables(rows, [d.name for d in data])
+    (RESULTS / "accuracy.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Position normalisation of the patch error: pure functions and the detector path."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.scoring import fit_position_stats, latent_novelty, latent_rarity, normalize_positions
+
+
+def _grid_samples(n_img: int, cells: int, offset: torch.Tensor, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n_img, cells, cells, generator=g) + offset  # (N, h, w), in-cell std 0.29
+    rc = torch.stack(torch.meshgrid(torch.arange(cells), torch.arange(cells), indexing="ij"), -1)
+    return base, base.flatten(), rc.reshape(-1, 2).repeat(n_img, 1)
+
+
+def test_a_constant_per_position_offset_vanishes():
+    cells = 6
+    offset = torch.zeros(cells, cells)
+    offset[0, :] = 5.0  # a border that good parts always "get wrong" by the same amount
+    offset[:, -1] = 3.0
+    maps, values, rc = _grid_samples(200, cells, offset)
+    mean, std = fit_position_stats(values, rc, cells)
+    z = normalize_positions(maps, mean, std)
+    assert z.mean(0).abs().max() < 1e-4  # the offset is gone at every position
+    assert (z.std(0) - 1).abs().max() < 0.05
+    new, _, _ = _grid_samples(1, cells, offset, seed=1)
+    new[0, 3, 2] += 2.0  # a real defect in the middle, smaller than the border offset
+    zn = normalize_positions(new, mean, std)
+    assert zn[0].flatten().argmax() == 3 * cells + 2  # raw error would point at the border
+
+
+def test_rare_positions_fall_back_to_global_and_std_is_floored():
+    values = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 4.0])
+    rc = torch.tensor([[0, 0]] * 8 + [[1, 1]] * 2)
+    mean, std = fit_position_stats(values, rc, 2, min_count=8)
+    assert mean[0, 0] == 1.0 and mean[1, 1] == pytest.approx(values.mean().item())  # 2 samples: global
+    assert std[0, 0] == pytest.approx(0.05 * values.std().item())  # constant cell: floor, not 0
+
+
+def test_latent_rarity_and_novelty_flag_atoms_never_used_at_a_position():
+    # 2 positions, 3 latents: at position 0 good patches use latent 0, at position 1 latent 1; latent 2 never
+    counts = torch.tensor([[100.0, 0.0, 0.0], [0.0, 100.0, 0.0]])
+    rarity = latent_rarity(counts, torch.tensor([100, 100]))
+    assert rarity[0, 0] < rarity[0, 1] < rarity[0, 2] and rarity[1, 1] < rarity[1, 0] < rarity[1, 2]
+    z = torch.zeros(1, 1, 2, 3)
+    z[0, 0, 0, 0] = z[0, 0, 1, 1] = 2.0  # each position uses its usual atom
+    usual = latent_novelty(z, rarity.view(1, 2, 3))
+    z_swapped = z.flip(2)  # the same atoms, each at the other position: a misplaced part
+    swapped = latent_novelty(z_swapped, rarity.view(1, 2, 3))
+    assert (swapped > usual).all()
+    z_new = torch.zeros(1, 1, 2, 3)
+    z_new[..., 2] = 1.0  # an atom no good patch ever used
+    assert (latent_novelty(z_new, rarity.view(1, 2, 3)) > swapped).all()
+
+
+def test_synthetic_defects_change_only_their_mask():
+    from training.select import SYNTHETIC_KINDS, synthetic_defect
+
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).uniform(0.3, 0.7, (120, 200, 3)).astype(np.float32)
+    for kind in SYNTHETIC_KINDS:
+        out, mask = synthetic_defect(rng, img, kind)
+        assert out.shape == img.shape and out.dtype == np.float32 and mask.any(), kind
+        changed = np.abs(out - img).max(-1) > 1e-6
+        assert changed.any(), kind
+        import cv2
+
+        near = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # blob edges are soft
+        assert not (changed & ~near).any(), kind
+
+
+@pytest.mark.parametrize("normalize", ["position", "position_novelty"])
+def test_position_scoring_ranks_defects_above_good_parts_and_keeps_the_conformal_rate(detector, dataset, tmp_path,
+                                                                                       normalize):
+    """Each new score on generated parts: defects above good parts, and the conformal false-alarm
+    rate holds on fresh good parts."""
+    import cv2
+
+    from models.imageio import list_images, read_image
+    from models.synthetic import good_part
+    from training.calibrate import CalibrationConfig, calibrate
+    from training.metrics import auroc
+
+    scoring = dataclasses.replace(detector.config.scoring, normalize=normalize)
+    det = detector.replace(config=dataclasses.replace(detector.config, scoring=scoring))
+    rng = np.random.default_rng(5)
+    for i in range(179):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), good_part(rng))
+    fresh = list_images(tmp_path)
+    det = det.replace(calibration=calibrate(det, fresh[:59], CalibrationConfig(alpha=0.1)))
+    scores = np.array([r.score for r in det.inspect([read_image(p) for p in fresh[59:]])])
+    rate = float((scores > det.calibration.threshold).mean())
+    print(f"{normalize}: false-alarm rate on 120 new good parts at alpha=0.1: {rate:.3f}")
+    assert rate <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 120)
+    good = [read_image(p) for p in list_images(dataset / "test" / "good")]
+    bad = [read_image(p) for p in list_images(dataset / "test") if p.parent.name != "good"]
+    s = np.array([r.score for r in det.inspect(good + bad)])
+    value = auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], s)
+    print(f"{normalize}: image AUROC on generated parts {value:.3f}")
+    assert value >= 0.85
+
+
+def test_unresolved_scoring_cannot_score(detector):
+    scoring = dataclasses.replace(detector.config.scoring, normalize="auto")
+    det = detector.replace(config=dataclasses.replace(detector.config, scoring=scoring))
+    with pytest.raises(RuntimeError, match="not resolved"):
+        det.canvas_maps(np.zeros((1, 256, 256, 3), np.float32))
+
+
+def test_old_artifacts_without_the_field_load_with_raw_scoring():
+    from models.config import ModelConfig
+
+    d = ModelConfig().to_dict()
+    del d["scoring"]["normalize"]
+    assert ModelConfig.from_dict(d).scoring.normalize == "none"
