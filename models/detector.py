@@ -140,7 +140,7 @@ class Detector:
                  atlas: Atlas | None = None, score_stats: ScoreStats | None = None, batch_size: int = 16):
         device = next(iter(sae.parameters())).device
         grid = FeatureGrid.of(config)
-        if config.scoring.normalize != "none" and score_stats is None:
+        if config.scoring.normalize not in ("none", "auto") and score_stats is None:
             raise ValueError(f"scoring {config.scoring.normalize!r} needs score statistics; the detector has none")
         if score_stats is not None and (tuple(score_stats.err_mean.shape) != (grid.cells, grid.cells)
                                         or score_stats.rarity.shape[-1] != sae.n_latents):

@@ -76,8 +76,9 @@ def select_normalization(detector: Detector, paths: Sequence[Path], n_images: in
             good.append(read_image(paths[i]))
         except ImageDecodeError as e:
             log.warning("selection: %s", e)
-    if len(good) < 4:
-        raise ValueError(f"need at least 4 readable good images to choose the scoring, found {len(good)}")
+    if len(good) < 4:  # too few to measure anything, and too few for per-position statistics
+        log.warning("only %d good fit images: keeping the raw reconstruction error as the score", len(good))
+        return "none", {}
     bad = [synthetic_defect(rng, img, SYNTHETIC_KINDS[j % len(SYNTHETIC_KINDS)])[0] for j, img in enumerate(good)]
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
     table = {}
