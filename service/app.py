@@ -137,6 +137,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def console() -> FileResponse:
         return FileResponse(static / "index.html")
 
+    @app.middleware("http")
+    async def console_csp(request: Request, call_next):
+        """The console runs only its own script and styles: injected markup could not run script."""
+        response = await call_next(request)
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers["Content-Security-Policy"] = CONSOLE_CSP
+            response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        metrics=metrics)
 
@@ -160,6 +169,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(request, 500, "internal_error", "internal error; see the server log with this request_id")
 
     return app
+
+
+CONSOLE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
 def _code(status: int) -> str:

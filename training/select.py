@@ -36,7 +36,7 @@ def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tu
     out = img.copy()
     mask = np.zeros((h, w), np.uint8)
     if kind == "cutpaste":
-        ph, pw = (max(2, int(rng.uniform(0.06, 0.16) * side)) for _ in range(2))
+        ph, pw = (max(2, int(rng.uniform(0.04, 0.10) * side)) for _ in range(2))
         sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         patch = img[sy : sy + ph, sx : sx + pw]
@@ -45,9 +45,9 @@ def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tu
         mask[ty : ty + ph, tx : tx + pw] = 1
     elif kind == "blob":
         cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-        ry, rx = (max(1, int(rng.uniform(0.02, 0.07) * side)) for _ in range(2))
+        ry, rx = (max(1, int(rng.uniform(0.01, 0.04) * side)) for _ in range(2))
         cv2.ellipse(mask, (cx, cy), (rx, ry), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.4)
+        shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.06, 0.2)
         alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, 0.3 * min(rx, ry)))
         alpha[alpha < 0.02] = 0  # soft edge, but a bounded one: the mask is everything changed
         mask = (alpha > 0).astype(np.uint8)
@@ -57,15 +57,15 @@ def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tu
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
         cv2.line(mask, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1,
-                 max(1, int(rng.uniform(0.005, 0.015) * side)))
+                 max(1, int(rng.uniform(0.003, 0.01) * side)))
         shade = rng.choice([0.05, 0.95])
-        out = np.where(mask[..., None] > 0, shade, out)
+        out = np.where(mask[..., None] > 0, 0.4 * out + 0.6 * shade, out)
     else:
         raise ValueError(f"unknown synthetic defect {kind!r}, choose from {SYNTHETIC_KINDS}")
     return out.astype(np.float32), mask > 0
 
 
-def select_normalization(detector: Detector, paths: Sequence[Path], n_images: int = 32,
+def select_normalization(detector: Detector, paths: Sequence[Path], n_images: int = 64,
                          seed: int = 0) -> tuple[str, dict[str, float]]:
     """-> (chosen normalisation, {candidate: AUROC of good vs synthetic defects})."""
     rng = np.random.default_rng(seed)

@@ -10,11 +10,24 @@ async function api(path, options) {
   return body;
 }
 
+// Everything that comes from a request or a model (file names, model names, versions) becomes text
+// nodes or attribute values set through the DOM, never HTML: no innerHTML with data anywhere.
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "style") Object.assign(node.style, v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);  // strings become text nodes
+  return node;
+}
+
 function currentModel() { return state.models.find((m) => m.name === $("model").value); }
 
 async function loadModels() {
   state.models = await api("/v1/models");
-  $("model").innerHTML = state.models.map((m) => `<option value="${m.name}">${m.name} (${m.version})</option>`).join("");
+  $("model").replaceChildren(...state.models.map((m) => el("option", { value: m.name }, `${m.name} (${m.version})`)));
   renderCard();
 }
 
@@ -26,13 +39,14 @@ function show(view) {
 
 function renderCard() {
   const m = currentModel();
-  if (!m) { $("card").innerHTML = "<tr><td>No model loaded</td></tr>"; return; }
+  if (!m) { $("card").replaceChildren(el("tr", {}, el("td", {}, "No model loaded"))); return; }
   const rows = [["Name", m.name], ["Version", m.version], ["Backbone", `${m.backbone} stages ${m.stages.join(", ")}`],
     ["Input", `${m.preprocess.mode} ${m.preprocess.size} px`], ["SAE", `${m.sae.n_latents} atoms, k = ${m.sae.k}`],
     ["Threshold", m.threshold.toFixed(4)], ["False-alarm target (alpha)", m.alpha],
     ["Calibration images", m.calibration_size], ["Created", m.provenance.created || "-"],
     ["Training images", m.provenance.n_fit_images ?? "-"], ["Code", m.provenance.code_version || "-"]];
-  $("card").innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join("");
+  rows.push(["Scoring", `${m.scoring.normalize}, image score ${m.scoring.image_score}`]);
+  $("card").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, String(v)))));
   drawHistogram(m);
 }
 
@@ -59,18 +73,21 @@ async function inspect(file) {
   let res;
   try {
     res = await api(`/v1/models/${encodeURIComponent(name)}/inspect?heatmap=png&explain=true`, { method: "POST", body: form });
-  } catch (e) {
+  } catch (e) {  // an error is not a verdict: clear the previous result and say what went wrong
     $("result").hidden = false;
-    $("verdict").className = "verdict anomalous"; $("verdict").textContent = "error";
-    $("score-text").textContent = e.message; $("pvalue").textContent = "";
+    $("verdict").className = "verdict error"; $("verdict").textContent = "ERROR";
+    $("score-text").textContent = `${file.name}: ${e.message}`; $("pvalue").textContent = "";
+    $("photo").removeAttribute("src"); $("overlay").removeAttribute("src");
+    $("boxes").replaceChildren(); $("explanation").replaceChildren();
     return;
   }
   const url = URL.createObjectURL(file);
   render(res, url);
   state.recent.unshift({ url, verdict: res.verdict, score: res.score, name: file.name });
   state.recent = state.recent.slice(0, 12);
-  $("recent").innerHTML = state.recent.map((r) =>
-    `<figure><img class="${r.verdict}" src="${r.url}" alt="${r.name}"><figcaption>${r.verdict} ${r.score.toFixed(3)}</figcaption></figure>`).join("");
+  $("recent").replaceChildren(...state.recent.map((r) => el("figure", {},
+    el("img", { class: r.verdict, src: r.url, alt: r.name, title: r.name }),
+    el("figcaption", {}, `${r.verdict} ${r.score.toFixed(3)} ${r.name}`))));
 }
 
 function render(res, url) {
@@ -85,24 +102,26 @@ function render(res, url) {
   $("photo").src = url;
   $("overlay").src = `data:image/png;base64,${res.heatmap.data}`;
   $("overlay").style.opacity = $("opacity").value / 100;
-  $("boxes").innerHTML = res.regions.map((r) => {
-    const l = (100 * r.x) / res.image_width, t = (100 * r.y) / res.image_height;
-    const w = (100 * r.width) / res.image_width, h = (100 * r.height) / res.image_height;
-    return `<div class="box" style="left:${l}%;top:${t}%;width:${w}%;height:${h}%" title="peak ${r.peak.toFixed(3)}"></div>`;
-  }).join("");
+  $("boxes").replaceChildren(...res.regions.map((r) => el("div", {
+    class: "box", title: `peak ${r.peak.toFixed(3)}`,
+    style: { left: `${(100 * r.x) / res.image_width}%`, top: `${(100 * r.y) / res.image_height}%`,
+      width: `${(100 * r.width) / res.image_width}%`, height: `${(100 * r.height) / res.image_height}%` },
+  })));
   const ex = res.explanation;
-  $("explanation").innerHTML = !ex ? "" : ex.regions.map((r, i) => `
-    <div class="region">
-      <b>Region ${i + 1}</b> at (${r.x}, ${r.y}) ${r.width}x${r.height}: ${(100 * r.error_share).toFixed(0)}% of the error.
-      <b>${r.kind === "novel" ? "Looks like nothing in good products" : "Looks like a different part of good products"}</b>
-      (novelty ${r.novelty.toFixed(2)}, misplacement ${r.misplacement.toFixed(2)})
-      <div>Unusual features here:</div>
-      <div>${r.unusual.map((u) => `<span class="latent">#${u.latent} ${u.never_seen ? "never seen on good parts" : `fires ${(100 * u.region_rate).toFixed(0)}% here vs ${(100 * u.good_rate).toFixed(2)}% on good parts`}
-        <span class="crops">${u.atlas.map((a) => `<img src="data:image/png;base64,${a}" alt="atlas">`).join("")}</span></span>`).join("")}</div>
-      <div>What good products show at this place:</div>
-      <div>${r.expected.map((e) => `<span class="latent">#${e.latent} (${(100 * e.rate_here).toFixed(0)}%)
-        <span class="crops">${e.atlas.map((a) => `<img src="data:image/png;base64,${a}" alt="expected atlas">`).join("")}</span></span>`).join("")}</div>
-    </div>`).join("");
+  const crops = (list, alt) => el("span", { class: "crops" },
+    ...list.map((a) => el("img", { src: `data:image/png;base64,${a}`, alt })));
+  $("explanation").replaceChildren(...(!ex || res.verdict !== "anomalous" ? [] : ex.regions.map((r, i) => el("div", { class: "region" },
+    el("b", {}, `Region ${i + 1}`), ` at (${r.x}, ${r.y}) ${r.width}x${r.height}: ${(100 * r.error_share).toFixed(0)}% of the error. `,
+    el("b", {}, r.kind === "novel" ? "Looks like nothing in good products" : "Looks like a different part of good products"),
+    ` (novelty ${r.novelty.toFixed(2)}, misplacement ${r.misplacement.toFixed(2)})`,
+    el("div", {}, "Unusual features here:"),
+    el("div", {}, ...r.unusual.map((u) => el("span", { class: "latent" },
+      `#${u.latent} ${u.never_seen ? "never seen on good parts"
+        : `fires ${(100 * u.region_rate).toFixed(0)}% here vs ${(100 * u.good_rate).toFixed(2)}% on good parts`}`,
+      crops(u.atlas, "atlas")))),
+    el("div", {}, "What good products show at this place:"),
+    el("div", {}, ...r.expected.map((e) => el("span", { class: "latent" },
+      `#${e.latent} (${(100 * e.rate_here).toFixed(0)}%)`, crops(e.atlas, "expected atlas"))))))));
 }
 
 $("opacity").addEventListener("input", () => { $("overlay").style.opacity = $("opacity").value / 100; });

@@ -163,6 +163,17 @@ def test_service_score_equals_cli_score(client, models_dir, tmp_path):
     served = client.post("/v1/models/parts/inspect", content=BAD, headers={"content-type": "image/png"}).json()
     assert cli["score"] == served["score"] and cli["p_value"] == served["p_value"]
     assert cli["verdict"] == served["verdict"]
+    # evaluate scores through the same path: the same image in an MVTec layout gets the same score
+    from models.detector import Detector
+    from training.evaluate import evaluate
+
+    (tmp_path / "cat" / "test" / "good").mkdir(parents=True)
+    (tmp_path / "cat" / "test" / "scratch").mkdir()
+    (tmp_path / "cat" / "test" / "good" / "g.png").write_bytes(GOOD)
+    (tmp_path / "cat" / "test" / "scratch" / "probe.png").write_bytes(BAD)
+    _, details = evaluate(Detector.from_artifact(models_dir / "parts.safetensors", "cpu"), tmp_path / "cat")
+    assert float(details["scores"][details["paths"].index(tmp_path / "cat" / "test" / "scratch" / "probe.png")]) \
+        == served["score"]
 
 
 def test_openapi_lists_routes(client):

@@ -28,12 +28,16 @@ def test_console_is_served_without_a_cdn(client):
     assert page.status_code == 200 and "SAE Inspect" in page.text
     assert "http://" not in page.text and "https://" not in page.text
     assert client.get("/static/app.js").status_code == 200
+    csp = page.headers["content-security-policy"]  # no inline script, even if markup were injected
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "innerHTML" not in client.get("/static/app.js").text.split("no innerHTML")[1]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' not installed (.ci/run installs it)")
 def test_console_in_headless_chromium(models_dir, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    image = tmp_path / "defect.png"
+    name = '<img src=x onerror="window.__pwned=1">.png'  # a crafted upload name
+    image = tmp_path / name
     image.write_bytes(part_png(32, defect="scratch"))
     settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0)
     with running_server(settings) as url, sync_api.sync_playwright() as p:
@@ -50,6 +54,8 @@ def test_console_in_headless_chromium(models_dir, tmp_path):
                                  "document.getElementById('overlay').naturalWidth > 0")
             assert page.locator(".box").count() >= 1
             assert page.locator(".region").count() >= 1
+            assert page.evaluate("window.__pwned") is None  # the name never ran as markup...
+            assert name in page.inner_text("#recent figcaption")  # ...and shows as text
             page.fill("#opacity", "20")
             page.dispatch_event("#opacity", "input")
             assert page.evaluate("getComputedStyle(document.getElementById('overlay')).opacity") == "0.2"
