@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -131,20 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
     app.include_router(router)
     static = Path(__file__).parent / "static"
-    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.mount("/static", ConsoleStatic(directory=static), name="static")
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:
-        return FileResponse(static / "index.html")
-
-    @app.middleware("http")
-    async def console_csp(request: Request, call_next):
-        """The console runs only its own script and styles: injected markup could not run script."""
-        response = await call_next(request)
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
-            response.headers["Content-Security-Policy"] = CONSOLE_CSP
-            response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        return FileResponse(static / "index.html", headers=CONSOLE_HEADERS)
 
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        metrics=metrics)
@@ -171,8 +162,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-CONSOLE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+# The console runs only its own script and styles: markup injected into it could not run script.
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                               "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class ConsoleStatic(StaticFiles):
+    """The console's static files, served with the console's security headers."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(CONSOLE_HEADERS)
+        return response
 
 
 def _code(status: int) -> str:

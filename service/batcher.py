@@ -2,8 +2,9 @@
 
 A bounded asyncio queue per model; a worker takes the first waiting image, waits up
 to ``max_wait`` for more (up to ``max_batch``), and runs ``Detector.inspect`` on the
-whole batch in the shared inference thread. A full queue raises ``QueueFull`` at
-once, which the API turns into 503 + Retry-After.
+whole batch in the shared inference thread; explanation requests wait in the same queue
+and run one by one in the same thread. A full queue raises ``QueueFull`` at once, which
+the API turns into 503 + Retry-After, whatever the kind of work.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from models.detector import Detector, Inspection
+from models.explain import RegionExplanation
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,15 @@ class Result(NamedTuple):
     queue_seconds: float
     inference_seconds: float
     batch_size: int
+    explanation: list[RegionExplanation] | None = None
+    """Region explanations, for items submitted with explain=True."""
 
 
 class _Item(NamedTuple):
     image: np.ndarray
     future: asyncio.Future
     enqueued: float
+    explain: bool
 
 
 class MicroBatcher:
@@ -58,12 +63,13 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
-    async def submit(self, image: np.ndarray) -> Result:
+    async def submit(self, image: np.ndarray, explain: bool = False) -> Result:
+        """Queue one image; every kind of inference work shares this bounded queue (QueueFull when full)."""
         if self.closed:
             raise BatcherClosed(self.name)
         fut = asyncio.get_running_loop().create_future()
         try:
-            self.queue.put_nowait(_Item(image, fut, time.perf_counter()))
+            self.queue.put_nowait(_Item(image, fut, time.perf_counter(), explain))
         except asyncio.QueueFull:
             raise QueueFull(self.name) from None
         self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
@@ -88,6 +94,16 @@ class MicroBatcher:
                 break
         return batch
 
+    def _infer(self, batch: list[_Item]) -> list[tuple[Inspection, list[RegionExplanation] | None]]:
+        """Runs in the inference thread: plain items as one batch, explanations one by one."""
+        plain = [it for it in batch if not it.explain]
+        out = dict(zip(map(id, plain), ((r, None) for r in self.detector.inspect([it.image for it in plain])),
+                       strict=True)) if plain else {}
+        for it in batch:
+            if it.explain:
+                out[id(it)] = self.detector.explain(it.image)
+        return [out[id(it)] for it in batch]
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -95,8 +111,7 @@ class MicroBatcher:
             self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.detector.inspect,
-                                                     [it.image for it in batch])
+                results = await loop.run_in_executor(self.executor, self._infer, batch)
             except Exception as e:  # noqa: BLE001 - one bad batch must not kill the worker
                 log.exception("inference failed for model %s", self.name)
                 for it in batch:
@@ -106,9 +121,10 @@ class MicroBatcher:
                 continue
             elapsed = time.perf_counter() - started
             self.metrics.batch_size.observe(len(batch))
-            for it, r in zip(batch, results, strict=True):
+            for it, (r, explanation) in zip(batch, results, strict=True):
                 if not it.future.done():  # the client may have gone away
-                    it.future.set_result(Result(r, self.detector, started - it.enqueued, elapsed, len(batch)))
+                    it.future.set_result(Result(r, self.detector, started - it.enqueued, elapsed, len(batch),
+                                                explanation))
             self._busy = False
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:

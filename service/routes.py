@@ -126,28 +126,20 @@ def _explanation(det, regions, seconds: float) -> schemas.Explanation:
     return schemas.Explanation(regions=out, seconds=seconds)
 
 
-async def _explain(registry: ModelRegistry, name: str, image: np.ndarray) -> tuple[Result, schemas.Explanation]:
-    """Explanations need the latents, so they run their own pass in the inference thread."""
+def _require_atlas(registry: ModelRegistry, name: str) -> None:
     served = registry.models.get(name)
-    if served is None:
-        raise HTTPException(404, f"model {name!r} was unloaded")
-    det = served.detector
-    if det.atlas is None:
+    if served is not None and served.detector.atlas is None:
         raise HTTPException(422, f"model {name!r} has no latent atlas (fitted by an older version); refit it")
-    t0 = time.perf_counter()
-    inspection, regions = await asyncio.get_running_loop().run_in_executor(registry.executor, det.explain, image)
-    elapsed = time.perf_counter() - t0
-    return Result(inspection, det, 0.0, elapsed, 1), _explanation(det, regions, elapsed)
 
 
-async def _submit(registry: ModelRegistry, name: str, image: np.ndarray) -> Result:
-    """Queue on the model's current batcher; follow a hot swap that happens meanwhile."""
+async def _submit(registry: ModelRegistry, name: str, image: np.ndarray, explain: bool = False) -> Result:
+    """Queue on the model's current batcher (explanations too); follow a hot swap that happens meanwhile."""
     for _ in range(5):
         served = registry.models.get(name)
         if served is None:
             raise HTTPException(404, f"model {name!r} was unloaded")
         try:
-            return await served.batcher.submit(image)
+            return await served.batcher.submit(image, explain)
         except BatcherClosed:
             await asyncio.sleep(0)
     raise HTTPException(503, f"model {name!r} is reloading; retry shortly", headers={"Retry-After": "1"})
@@ -162,18 +154,17 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
         metrics.requests.labels(name, {413: "too_large", 415: "unsupported"}.get(e.status_code, "bad_image")).inc()
         raise
     decode_s = time.perf_counter() - t0
-    explanation = None
+    if explain:
+        _require_atlas(request.app.state.registry, name)
     try:
-        if explain:
-            result, explanation = await _explain(request.app.state.registry, name, image)
-        else:
-            result = await _submit(request.app.state.registry, name, image)
+        result = await _submit(request.app.state.registry, name, image, explain)
     except QueueFull:
         metrics.requests.labels(name, "overloaded").inc()
         raise HTTPException(503, f"model {name!r} is at capacity; retry shortly",
                             headers={"Retry-After": "1"}) from None
     resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
-    resp.explanation = explanation
+    if explain:
+        resp.explanation = _explanation(result.detector, result.explanation, result.inference_seconds)
     r = result.inspection
     metrics.requests.labels(name, resp.verdict).inc()
     metrics.images.labels(name).inc()
@@ -201,10 +192,11 @@ async def inspect(request: Request, served: Model, settings: Annotated[Settings,
 @router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"])
 async def inspect_batch(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
                         metrics: Annotated[Metrics, Depends(get_metrics)],
-                        heatmap: HeatmapQ = "none") -> schemas.BatchInspection:
-    """Inspect several images sent as multipart file fields; they share micro-batches."""
+                        heatmap: HeatmapQ = "none", explain: ExplainQ = False) -> schemas.BatchInspection:
+    """Inspect several images sent as multipart file fields; they share micro-batches (and the queue,
+    explanations included)."""
     files = await _images_from_request(request, settings, many=True)
-    results = await asyncio.gather(*(_inspect_one(request, served.name, f, d, heatmap, settings, metrics)
+    results = await asyncio.gather(*(_inspect_one(request, served.name, f, d, heatmap, settings, metrics, explain)
                                      for f, d in files))
     return schemas.BatchInspection(request_id=request.scope["state"]["request_id"], results=list(results))
 

@@ -64,7 +64,9 @@ def test_heatmaps(client):
     raw = client.post("/v1/models/parts/inspect?heatmap=raw", content=BAD, headers={"content-type": "image/png"})
     hm = raw.json()["heatmap"]
     values = np.frombuffer(base64.b64decode(hm["data"]), "<f4").reshape(hm["height"], hm["width"])
-    assert values.max() == pytest.approx(raw.json()["score"], rel=0.05)
+    score = raw.json()["score"]  # the image score is the mean of the map's top 1% (default)
+    top = np.sort(values.ravel())[-max(1, values.size // 100):]
+    assert values.max() >= score and top.mean() == pytest.approx(score, rel=0.1)
     assert client.post("/v1/models/parts/inspect?heatmap=jpeg", content=BAD,
                        headers={"content-type": "image/png"}).status_code == 422
 

@@ -4,6 +4,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from bench.images import part_png
 from bench.servers import running_server, wait_until
@@ -49,12 +50,14 @@ def test_hot_reload_under_load_loses_no_request(models_dir, detector):
     assert results[-1][1] == versions[-1]
 
 
-def test_full_queue_answers_503_with_retry_after(models_dir):
+@pytest.mark.parametrize("query", ["", "?explain=true"])
+def test_full_queue_answers_503_with_retry_after(models_dir, query):
+    """Plain and explain requests share one bounded queue: both get back-pressure."""
     settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, queue_size=1, max_batch_size=1)
     with running_server(settings) as url:
         def send(_: int) -> httpx.Response:
             with httpx.Client(base_url=url, timeout=60) as c:
-                return c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR)
+                return c.post(f"/v1/models/parts/inspect{query}", content=GOOD, headers=HDR)
 
         with ThreadPoolExecutor(16) as pool:
             responses = list(pool.map(send, range(16)))
