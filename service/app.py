@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.routes import router
+from service.routes import ERROR_CODES, router
 from service.settings import Settings
 
 log = logging.getLogger("sae_inspect.service")
@@ -181,6 +181,4 @@ class ConsoleStatic(StaticFiles):
 
 
 def _code(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type",
-            422: "invalid_request", 503: "overloaded"}.get(status, "error")
+    return ERROR_CODES.get(status, "error")

@@ -27,6 +27,9 @@ from service.settings import Settings
 
 router = APIRouter()
 DECODE_STATUS = {"invalid": 422, "unsupported": 415, "too_large": 413}
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_request", 503: "overloaded"}
 
 
 def get_settings(request: Request) -> Settings:
@@ -196,8 +199,17 @@ async def inspect_batch(request: Request, served: Model, settings: Annotated[Set
     """Inspect several images sent as multipart file fields; they share micro-batches (and the queue,
     explanations included)."""
     files = await _images_from_request(request, settings, many=True)
-    results = await asyncio.gather(*(_inspect_one(request, served.name, f, d, heatmap, settings, metrics, explain)
-                                     for f, d in files))
+
+    async def one(filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
+        try:
+            return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain)
+        except HTTPException as e:  # this file alone failed; its metric was counted in _inspect_one
+            return schemas.ImageError(filename=filename, status=e.status_code, error=ERROR_CODES.get(
+                e.status_code, "error"), detail=str(e.detail))
+
+    results = await asyncio.gather(*(one(f, d) for f, d in files))
+    if all(isinstance(r, schemas.ImageError) and r.status == 503 for r in results):
+        raise HTTPException(503, f"model {served.name!r} is at capacity; retry shortly", headers={"Retry-After": "1"})
     return schemas.BatchInspection(request_id=request.scope["state"]["request_id"], results=list(results))
 
 

@@ -84,9 +84,20 @@ class Inspection(BaseModel):
     explanation: Explanation | None = None
 
 
+class ImageError(BaseModel):
+    """One image of a batch that could not be inspected; the others still are."""
+
+    filename: str | None = None
+    status: int
+    """The HTTP status this image alone would have got (413, 415, 422, 503, ...)."""
+    error: str
+    detail: str
+
+
 class BatchInspection(BaseModel):
     request_id: str
-    results: list[Inspection]
+    results: list[Inspection | ImageError]
+    """One entry per file, in the order sent: an inspection, or the error for that file."""
 
 
 class ModelCard(BaseModel):

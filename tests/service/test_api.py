@@ -79,6 +79,30 @@ def test_batch(client):
     assert verdicts == ["good", "anomalous", "good"]
 
 
+def test_batch_with_bad_files_answers_per_image_and_counts_what_happened(client):
+    def count(text: str, outcome: str) -> float:
+        import re
+
+        m = re.search(rf'sae_inspect_requests_total{{model="parts",outcome="{outcome}"}} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    before = client.get("/metrics").text
+    files = [("files", ("a.png", GOOD, "image/png")), ("files", ("junk.png", b"not an image", "image/png")),
+             ("files", ("b.png", BAD, "image/png")), ("files", ("cut.png", GOOD[:200], "image/png"))]
+    r = client.post("/v1/models/parts/inspect/batch?explain=true", files=files)
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x.get("verdict") for x in res] == ["good", None, "anomalous", None]
+    assert [x.get("status") for x in res] == [None, 415, None, 422]
+    assert res[1]["filename"] == "junk.png" and res[1]["error"] == "unsupported_media_type" and res[1]["detail"]
+    assert res[2]["explanation"] is not None  # explain=true is honoured on a batch
+    after = client.get("/metrics").text
+    assert count(after, "good") - count(before, "good") == 1
+    assert count(after, "anomalous") - count(before, "anomalous") == 1
+    assert count(after, "unsupported") - count(before, "unsupported") == 1
+    assert count(after, "bad_image") - count(before, "bad_image") == 1
+
+
 @pytest.mark.parametrize("data, ctype, status", [
     (b"", "image/png", 422),
     (b"\x00\x01garbage" * 50, "image/png", 415),
