@@ -19,7 +19,6 @@ gets image metrics only, and its rows say so.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -97,12 +96,12 @@ def run_ours(data: Path, rows: dict, save) -> None:
     _, cal_paths = split_calibration(good_images([data]), CalibrationConfig())
     variants = {}
     for label, normalize, image_score in ABLATION:
-        scoring = dataclasses.replace(det.config.scoring, normalize=normalize, image_score=image_score)
-        variants[label] = det.replace(config=dataclasses.replace(det.config, scoring=scoring))
+        variants[label] = det.with_scoring(normalize=normalize, image_score=image_score)
         key = f"{name}|ablation: {label}"
         if key in rows:
             continue
-        if scoring == det.config.scoring:  # the variant the fit chose is the default row: same numbers
+        # the variant the fit chose is the default row: same numbers
+        if variants[label].config.scoring == det.config.scoring:
             rows[key] = {**rows[f"{name}|{DEFAULT}"], "method": f"ablation: {label}"}
         else:
             v = variants[label].replace(calibration=calibrate(variants[label], cal_paths, CalibrationConfig()))

@@ -7,6 +7,7 @@ Training, the CLI, explanations and the service all go through ``Detector.canvas
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping
@@ -166,6 +167,11 @@ class Detector:
         if unknown:
             raise TypeError(f"unknown Detector fields {sorted(unknown)}")
         return Detector(**{f: changes.get(f, getattr(self, f)) for f in self._FIELDS})
+
+    def with_scoring(self, **changes: Any) -> Detector:
+        """The same detector scoring differently (e.g. normalize='none'); calibrate it again before use."""
+        scoring = dataclasses.replace(self.config.scoring, **changes)
+        return self.replace(config=dataclasses.replace(self.config, scoring=scoring))
 
     # ---- artifact -------------------------------------------------------------------
     @classmethod

@@ -45,9 +45,9 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     det = fit_detector(fit_paths, config, fit_cfg, device, backbone_weights, init)
     if config.scoring.normalize == "auto":
         choice, table = select_normalization(det, fit_paths, seed=fit_cfg.seed)
-        resolved = dataclasses.replace(config, scoring=dataclasses.replace(config.scoring, normalize=choice))
-        det = det.replace(config=resolved, meta={**det.meta, "scoring_selection": {
-            "normalize": choice, "auroc_on_synthetic_defects": table}})
+        det = det.with_scoring(normalize=choice)
+        det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice,
+                                                                  "auroc_on_synthetic_defects": table}})
     calibration = calibrate(det, cal_paths, cal_cfg)
     meta = {**det.meta, **(provenance or {}),
             "n_calibration_images": len(calibration.scores),

@@ -12,7 +12,6 @@ whatever score is chosen.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,8 +82,7 @@ def select_normalization(detector: Detector, paths: Sequence[Path], n_images: in
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
     table = {}
     for cand in NORMALIZE_CHOICES:
-        scoring = dataclasses.replace(detector.config.scoring, normalize=cand)
-        d = detector.replace(config=dataclasses.replace(detector.config, scoring=scoring))
+        d = detector.with_scoring(normalize=cand)
         scores = [d.score_map(m) for m, _ in d.maps(good + bad)]
         table[cand] = auroc(labels, np.asarray(scores))
     choice = max(NORMALIZE_CHOICES, key=lambda c: table[c])  # ties keep the earlier (simpler) candidate
