@@ -71,7 +71,6 @@ def run_ours(data: Path, rows: dict, save) -> None:
 
     from models.config import ModelConfig
     from models.detector import Detector
-    from models.imageio import read_image
     from models.preprocess import make_canvases
     from training.calibrate import CalibrationConfig, calibrate, split_calibration
     from training.data import good_images, mvtec_test_set
@@ -111,7 +110,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
     key = f"{name}|throughput"
     if key not in rows:
         test = [i.path for i in mvtec_test_set(data)][::20][:16]
-        canvases = np.concatenate([make_canvases(read_image(p), det.config.preprocess)[0] for p in test])
+        canvases = np.concatenate([make_canvases(det.read(p), det.config.preprocess)[0] for p in test])
         first = ABLATION[0][0]
         ips = throughput({"first build": variants[first], "default": det}, canvases)
         rows[key] = {"dataset": name, "method": "throughput", "images_per_s_first_build": ips["first build"],

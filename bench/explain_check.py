@@ -21,7 +21,6 @@ import numpy as np
 
 from bench.fit_eval import machine
 from models.detector import Detector
-from models.imageio import read_image
 from training.data import mvtec_test_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ def main() -> None:
         mask = cv2.imread(str(item.mask), cv2.IMREAD_GRAYSCALE) > 127
         if not mask.any():
             continue
-        image = read_image(item.path)
+        image = det.read(item.path)
         t0 = time.perf_counter()
         det.inspect([image])
         t_inspect.append(time.perf_counter() - t0)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from models.config import ModelConfig, PreprocessConfig
-from models.imageio import read_image
 from models.preprocess import make_canvases
 from training.data import good_images
 from training.evaluate import evaluate
@@ -57,7 +56,7 @@ def main() -> None:
         metrics, _ = evaluate(det, a.data)
         row |= {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro_30", "false_alarm_rate")}
         test = sorted((a.data / "test").rglob("*.jpg")) + sorted((a.data / "test").rglob("*.png"))
-        canv = np.concatenate([make_canvases(read_image(q), config.preprocess)[0] for q in test[:64]])
+        canv = np.concatenate([make_canvases(det.read(q), config.preprocess)[0] for q in test[:64]])
         for bs in (1, 16):
             batches = [canv[i : i + bs] for i in range(0, len(canv) - bs + 1, bs)]
             row[f"images_per_s_batch{bs}"] = throughput(det.canvas_maps, batches)

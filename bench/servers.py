@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from service.app import create_app
+from service.server import uvicorn_config
 from service.settings import Settings
 
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 def running_server(settings: Settings) -> Iterator[str]:
     """A real uvicorn on 127.0.0.1 in a background thread; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60

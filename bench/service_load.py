@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bare_throughput(model: Path, images: list[Path], seconds: float, device: str) -> dict[str, float]:
     from models.detector import Detector
-    from models.imageio import read_image
 
     det = Detector.from_artifact(model, device)
-    decoded = [read_image(p) for p in images[:64]]
+    decoded = [det.read(p) for p in images[:64]]
     out = {}
     for bs in (1, 8):
         det.inspect(decoded[:bs])

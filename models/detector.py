@@ -25,7 +25,8 @@ from models.config import NORMALIZE_CHOICES, ModelConfig
 from models.explain import Atlas, RegionExplanation, box_cells, explain_region
 from models.features import extract_features, standardize
 from models.geometry import FeatureGrid
-from models.preprocess import Layout, make_canvases, stitch, valid_cells
+from models.imageio import DEFAULT_MAX_PIXELS, decode_image, read_image
+from models.preprocess import Layout, Picture, make_canvases, stitch, valid_cells
 from models.sae import TopKSAE, patch_error
 from models.scoring import (
     Region,
@@ -222,6 +223,14 @@ class Detector:
     def version(self) -> str:
         return str(self.meta.get("version", "unversioned"))
 
+    # ---- decoding for this model's geometry ------------------------------------------
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Picture:
+        """Image file bytes -> a picture reduced at decode for this model's work image (see models.imageio)."""
+        return decode_image(data, self.config.preprocess, max_pixels, source)
+
+    def read(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+        return read_image(path, self.config.preprocess, max_pixels)
+
     # ---- maths: one path from canvases to maps --------------------------------------
     def features(self, canvases: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) canvases -> standardised (N, h, w, C) patch features."""
@@ -250,7 +259,7 @@ class Detector:
                for i in range(0, len(canvases), self.batch_size)]
         return torch.cat(out).numpy()
 
-    def maps(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
+    def maps(self, images: list[Picture | np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
         """Images -> (work map, layout) each; all canvases of all images go through one batch loop."""
         prepared = [make_canvases(img, self.config.preprocess) for img in images]
         if not prepared:
@@ -275,13 +284,13 @@ class Detector:
                           bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
                           work_map, layout, regions)
 
-    def inspect(self, images: list[np.ndarray]) -> list[Inspection]:
-        """Score decoded (H, W, 3) float images; needs a calibrated detector."""
+    def inspect(self, images: list[Picture | np.ndarray]) -> list[Inspection]:
+        """Score decoded pictures (or (H, W, 3) uint8/float images); needs a calibrated detector."""
         if self.calibration is None:
             raise RuntimeError("detector is not calibrated")
         return [self._inspection(work_map, layout) for work_map, layout in self.maps(images)]
 
-    def explain(self, image: np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
+    def explain(self, image: Picture | np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
         """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""
         if self.atlas is None or self.calibration is None:
             raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")

@@ -1,23 +1,44 @@
-"""Decoding image files and bytes into float RGB arrays, with limits checked first.
+"""Decoding image files and bytes into RGB pictures, with limits checked first.
 
-One decoder for training, the CLI and the service: PNG, JPEG, BMP, TIFF, GIF, WebP;
-grayscale, RGB, RGBA, palette, CMYK, 16-bit and float; EXIF orientation applied
-(a rotated camera JPEG is scored upright); multi-frame files use their first frame.
-The pixel count is checked from the header before any pixel is decoded, so a
-decompression bomb costs nothing.
+One decoder for training, the CLI and the service. Accepted formats, and nothing else:
+PNG, JPEG (and camera MPO JPEGs), BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, palette,
+CMYK, 16-bit, 32-bit integer and float; EXIF orientation applied (a rotated camera JPEG
+is scored upright); multi-frame files use their first frame.
+
+The format and pixel count are checked from the header before any pixel is decoded, so a
+decompression bomb costs nothing. Given the model's geometry, an image much larger than
+the model's work image is reduced while it is decoded (JPEG: DCT scaling in draft mode;
+others: box reduction of the 8-bit image), never below twice the work image's size, and
+pixels stay uint8: a 6000 x 6000 upload is never held as a full-size float image.
+
+Intensities: 8-bit images are used as stored. 16-bit images are scaled by 65535. Float
+images hold intensities in [0, 1] (values outside are clipped); 32-bit integer images
+(and float images whose values exceed 1) are scaled by the smallest of 255, 65535 and
+2^32 - 1 that holds their maximum.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from models.config import PreprocessConfig
+from models.preprocess import Picture, reduce_factor
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+"""Pillow plugins the decoder may use (JPEG also opens camera MPO files); any other format (PPM, TGA,
+ICO, PCX, EPS, ...) is refused before Pillow looks at it."""
 DEFAULT_MAX_PIXELS = 40_000_000
+_FULL_SCALES = (255.0, 65535.0, 4294967295.0)
+Image.init()  # register every plugin once, so that `formats=` can name WEBP and TIFF
+_TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 class ImageDecodeError(ValueError):
@@ -28,61 +49,114 @@ class ImageDecodeError(ValueError):
         self.kind = kind  # 'invalid' | 'unsupported' | 'too_large'
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> np.ndarray:
-    """Bytes of an image file -> (H, W, 3) float32 RGB in [0, 1]."""
+class Header(NamedTuple):
+    format: str
+    width: int
+    height: int
+    """As shown, after EXIF orientation."""
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _open(data: bytes, max_pixels: int, source: str) -> tuple[Image.Image, Header]:
     if not data:
         raise ImageDecodeError(f"{source}: empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError as e:
             raise ImageDecodeError(f"{source}: {e}", "too_large") from e
         except Exception as e:  # noqa: BLE001 - PIL raises many types for garbage
-            raise ImageDecodeError(f"{source}: not a recognised image format", "unsupported") from e
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise ImageDecodeError(f"{source}: image has zero size ({width}x{height})")
-        if width * height > max_pixels:
-            raise ImageDecodeError(
-                f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-                "too_large",
-            )
-        try:
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_float(img)
-        except ImageDecodeError:
-            raise
-        except Exception as e:  # noqa: BLE001 - truncated / corrupt streams
-            raise ImageDecodeError(f"{source}: corrupt or truncated image data ({type(e).__name__})") from e
+            raise ImageDecodeError(f"{source}: not an accepted image format (send {', '.join(FORMATS[:-1])} or "
+                                   f"GIF)", "unsupported") from e
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{source}: image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                               f"{max_pixels}", "too_large")
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers do
+        orientation = 1
+    shown = (height, width) if orientation in _TRANSPOSING else (width, height)
+    return img, Header(img.format or "?", *shown)
 
 
-def _to_rgb_float(img: Image.Image) -> np.ndarray:
+def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Header:
+    """Format and size from the header alone (no pixel decoded); the same checks as decoding."""
+    return _open(data, max_pixels, source)[1]
+
+
+def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 source: str = "image") -> Picture:
+    """Bytes of an image file -> a Picture: RGB pixels (uint8, or float32 in [0, 1] for images deeper
+    than 8 bits) and the original size. With a model's `preprocess` config the pixels are reduced
+    while decoding where the image is much larger than the model's work image; with None they are
+    the full image (for display)."""
+    img, header = _open(data, max_pixels, source)
+    original_hw = (header.height, header.width)
+    factor = reduce_factor(original_hw, preprocess) if preprocess is not None else 1
+    try:
+        img.seek(0)
+        if factor > 1 and img.format in ("JPEG", "MPO"):
+            img.draft("L" if img.mode == "L" else "RGB", (math.ceil(img.width / factor),
+                                                          math.ceil(img.height / factor)))
+        img.load()
+        drafted = max(1, round(max(header.width, header.height) / max(img.size)))  # JPEG DCT scaling done
+        img = _reduce(img, factor // drafted)
+        img = ImageOps.exif_transpose(img)
+        return Picture(_to_rgb(img), original_hw)
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt streams
+        raise ImageDecodeError(f"{source}: corrupt or truncated image data ({type(e).__name__})") from e
+
+
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+    if factor <= 1:
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img).astype(np.float32)
-        peak = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        a = np.clip(a / peak, 0.0, 1.0)
+        a = np.asarray(img).astype(np.float64)
+        top = float(a.max(initial=0.0))
+        if img.mode.startswith("I;16"):
+            full = 65535.0
+        elif img.mode == "F" and top <= 1.0:
+            full = 1.0
+        else:
+            full = next((s for s in _FULL_SCALES if top <= s), top)
+        a = np.clip(a / full, 0.0, 1.0).astype(np.float32)
         return np.repeat(a[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    a = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ImageDecodeError(f"unexpected pixel layout {a.shape}", "unsupported")
     return a
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file; errors name the file."""
+def read_image(path: str | Path, preprocess: PreprocessConfig | None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decode an image file (see ``decode_image``); errors name the file."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"{path}: cannot read file ({e.strerror})") from e
-    return decode_image(data, max_pixels, source=str(path))
+    return decode_image(data, preprocess, max_pixels, source=str(path))
 
 
 def list_images(folder: str | Path) -> list[Path]:

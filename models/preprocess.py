@@ -12,6 +12,10 @@ Three modes (``PreprocessConfig.mode``), recorded in the artifact:
 
 The anomaly map lives on the *work image* (the image after scaling); ``Layout`` holds
 where each canvas goes on it and how it maps back to the original pixels.
+
+A decoder may hand over a ``Picture``: pixels already reduced by an integer factor
+(``reduce_factor``: never below twice the work image's size) and the original size,
+so that a 6000 x 6000 upload never exists as a full-size float image.
 """
 
 from __future__ import annotations
@@ -23,6 +27,33 @@ import numpy as np
 
 from models.config import PreprocessConfig
 from models.geometry import FeatureGrid
+
+
+class Picture(NamedTuple):
+    pixels: np.ndarray
+    """(h, w, 3) RGB, uint8 or float32 in [0, 1], possibly reduced from the original."""
+    original_hw: tuple[int, int]
+    """Height and width of the image as stored (after EXIF orientation)."""
+
+
+def as_picture(image: Picture | np.ndarray) -> Picture:
+    return image if isinstance(image, Picture) else Picture(image, image.shape[:2])
+
+
+def work_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int]:
+    """Height and width of the work image (the scaled image the map is defined on)."""
+    h, w = original_hw
+    if cfg.mode == "resize":
+        return cfg.size, cfg.size
+    scale = (cfg.size - 2 * cfg.margin) / max(h, w) if cfg.mode == "letterbox" else cfg.tile_scale
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def reduce_factor(original_hw: tuple[int, int], cfg: PreprocessConfig) -> int:
+    """Largest integer factor an image can be box-reduced by at decode time while staying at
+    least twice the work image's size on both sides (1 = decode at full size)."""
+    (h, w), (wh, ww) = original_hw, work_hw(original_hw, cfg)
+    return max(1, int(min(h / wh, w / ww) // 2))
 
 
 class Layout(NamedTuple):
@@ -62,26 +93,30 @@ def _tile_starts(length: int, size: int, overlap: int) -> list[int]:
     return starts + [length - size]
 
 
-def make_canvases(img: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Layout]:
-    """(H, W, 3) float image -> (N, size, size, 3) canvases and their layout."""
-    h, w = img.shape[:2]
+def as_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (0..255) or float pixels -> float32 in [0, 1]."""
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32, copy=False)
+
+
+def make_canvases(image: Picture | np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Layout]:
+    """A picture (or an (H, W, 3) float/uint8 image) -> (N, size, size, 3) float canvases and their layout."""
+    pic = as_picture(image)
+    h, w = pic.original_hw
+    wh, ww = work_hw((h, w), cfg)
     s = cfg.size
     if cfg.mode == "resize":
-        return _resize(img, s, s)[None], Layout((h, w), (s, s), ((0, 0, s, s),))
+        return _resize(as_float(pic.pixels), s, s)[None], Layout((h, w), (s, s), ((0, 0, s, s),))
     if cfg.mode == "letterbox":
         m = cfg.margin
-        scale = (s - 2 * m) / max(h, w)
-        wh, ww = max(1, round(h * scale)), max(1, round(w * scale))
-        canvas = _pad_to(_resize(img, wh, ww), s, s, m)
+        canvas = _pad_to(_resize(as_float(pic.pixels), wh, ww), s, s, m)
         return canvas[None], Layout((h, w), (wh, ww), ((0, 0, wh, ww),), m)
-    wh, ww = max(1, round(h * cfg.tile_scale)), max(1, round(w * cfg.tile_scale))
-    work = _resize(img, wh, ww)
+    work = _resize(pic.pixels, wh, ww)
     canvases, windows = [], []
     for y in _tile_starts(wh, s, cfg.overlap):
         for x in _tile_starts(ww, s, cfg.overlap):
             crop = work[y : y + s, x : x + s]
             windows.append((y, x, crop.shape[0], crop.shape[1]))
-            canvases.append(_pad_to(crop, s, s))
+            canvases.append(_pad_to(as_float(crop), s, s))
     return np.stack(canvases), Layout((h, w), (wh, ww), tuple(windows))
 
 

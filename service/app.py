@@ -12,15 +12,19 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
+from service.budget import PixelBudget
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.routes import ERROR_CODES, router
-from service.settings import Settings
+from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("sae_inspect.service")
 
@@ -31,10 +35,12 @@ class BodyLimitError(Exception):
 
 
 class GuardMiddleware:
-    """Request id, in-flight gauge, body-size limit (413) and body-arrival timeout (408).
+    """Request id, in-flight gauge, response-code counter, body-size limit (413) and a total
+    body deadline (408).
 
-    Pure ASGI so the limit holds for chunked bodies without Content-Length too, and a
-    slow client cannot hold a request open forever.
+    Pure ASGI so the limit holds for chunked bodies without Content-Length too; the deadline
+    runs from the request's start and does not restart with each chunk, so a client dripping
+    one byte at a time cannot hold a request open.
     """
 
     def __init__(self, app: ASGIApp, max_body: int, body_timeout_s: float, metrics: Metrics):
@@ -54,6 +60,7 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+                self.metrics.responses.labels(str(message["status"])).inc()
             await send(message)
 
         declared = headers.get(b"content-length")
@@ -62,13 +69,15 @@ class GuardMiddleware:
                                                   f"{self.max_body} bytes", rid)
             return
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited_receive() -> Message:
             nonlocal received
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
-                raise BodyLimitError(408, f"request body did not arrive within {self.timeout:g} s") from None
+                raise BodyLimitError(408, f"request body did not arrive within {self.timeout:g} s of the "
+                                          "request's start") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
@@ -86,7 +95,7 @@ class GuardMiddleware:
 
     @staticmethod
     async def _reject(send: Send, status: int, detail: str, rid: str) -> None:
-        response = JSONResponse({"error": "request_rejected", "detail": detail, "request_id": rid}, status,
+        response = JSONResponse({"error": _code(status), "detail": detail, "request_id": rid}, status,
                                 headers={"connection": "close"})
         await response({"type": "http"}, _empty_receive, send)
 
@@ -101,7 +110,13 @@ def _error(request: Request, status: int, error: str, detail: str, headers: dict
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    """The app; without `settings` they come from the environment, and a bad value is one line
+    naming the variable (SystemExit), never a traceback."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except SettingsError as e:
+            raise SystemExit(f"sae-inspect-serve: bad setting: {e}") from None
     metrics = Metrics()
 
     @asynccontextmanager
@@ -114,8 +129,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcomes = await registry.sync()
         for name, outcome in outcomes.items():
             log.info("model %s: %s", name, outcome)
-        app.state.ready = bool(registry.models)
-        metrics.ready.set(1 if app.state.ready else 0)
         watcher = asyncio.create_task(registry.watch(settings.watch_interval_s)) \
             if settings.watch_interval_s > 0 else None
         try:
@@ -126,12 +139,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close()
             executor.shutdown(wait=True)
 
-    app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")
-    app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.budget = PixelBudget(settings.max_decode_pixels)
     app.include_router(router)
     static = Path(__file__).parent / "static"
     app.mount("/static", ConsoleStatic(directory=static), name="static")
+    # Swagger UI from the swagger-ui-bundle package: /docs works with no network at all.
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="SAE Inspect API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:
@@ -153,6 +176,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(BodyLimitError)
     async def body_error(request: Request, exc: BodyLimitError) -> JSONResponse:
         return _error(request, exc.status, _code(exc.status), exc.detail)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        rid = request.scope.get("state", {}).get("request_id")
+        log.info("client disconnected before its request was complete (%s %s, request %s)", request.method,
+                 request.url.path, rid)
+        return _error(request, 400, "client_disconnected", "the client disconnected during the upload")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

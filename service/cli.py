@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sae-inspect-serve", description=__doc__)
     p.add_argument("--models-dir", type=Path, help="folder of *.safetensors artifacts (env SAE_INSPECT_MODELS_DIR)")
     p.add_argument("--host", default="127.0.0.1")
@@ -25,12 +26,20 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.server import uvicorn_config
+    from service.settings import SettingsError, load_settings
 
+    try:
+        settings = load_settings()
+    except SettingsError as e:
+        print(f"sae-inspect-serve: bad setting: {e}", file=sys.stderr)
+        return 2
     # One process per device: the model lives in this process's memory and micro-batching
     # needs every request for a device to reach the same queue.
-    uvicorn.run(create_app(), host=a.host, port=a.port, log_level=a.log_level, timeout_graceful_shutdown=30,
-                access_log=False)
+    app = create_app(settings)
+    uvicorn.Server(uvicorn_config(app, settings, a.host, a.port, a.log_level)).run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -49,4 +49,10 @@ class Metrics:
                                ["model", "outcome"], registry=r)
         self.inflight = Gauge("sae_inspect_inflight_requests", "Requests being processed", registry=r)
         self.gpu_memory = Gauge("sae_inspect_gpu_memory_bytes", "GPU memory allocated by torch", registry=r)
+        self.responses = Counter("sae_inspect_http_responses_total", "HTTP responses by status code (every route)",
+                                 ["code"], registry=r)
+        self.connections_cut = Counter("sae_inspect_connections_cut_total", "Connections closed by the server's "
+                                       "guards (header_timeout, connection_cap)", ["reason"], registry=r)
+        self.decode_pixels = Gauge("sae_inspect_decode_pixels", "Pixels being decoded now (bounded by "
+                                   "SAE_INSPECT_MAX_DECODE_PIXELS)", registry=r)
         self.ready = Gauge("sae_inspect_ready", "1 when models are loaded and warmed up", registry=r)

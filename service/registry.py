@@ -27,6 +27,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = ("a model name (the file stem) must be 1-64 ASCII letters, digits, '_', '.' or '-', start with a "
+             "letter or digit and hold no '..'")
 
 
 def valid_name(name: str) -> bool:
@@ -58,15 +60,27 @@ class ModelRegistry:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.models: dict[str, Served] = {}
         self.failures: dict[str, LoadFailure] = {}
+        self.ignored: dict[str, str] = {}
+        """Artifact files in the folder that will not be served, by file name, and why."""
         self._lock = asyncio.Lock()
         self._failed_stamps: dict[str, tuple[int, int]] = {}
 
     def artifact_files(self) -> dict[str, Path]:
+        """Servable artifacts by model name; unservable ones are logged once and listed in `ignored`."""
         d = self.settings.models_dir
-        if not d.is_dir():
-            return {}
-        return {p.name.removesuffix(SUFFIX): p for p in sorted(d.glob(f"*{SUFFIX}"))
-                if p.is_file() and valid_name(p.name.removesuffix(SUFFIX))}
+        found = sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file()) if d.is_dir() else []
+        ignored = {p.name: NAME_RULE for p in found if not valid_name(p.name.removesuffix(SUFFIX))}
+        for fname in ignored.keys() - self.ignored.keys():
+            log.warning("models folder: not serving %r: %s", fname, NAME_RULE)
+        self.ignored = ignored
+        return {p.name.removesuffix(SUFFIX): p for p in found if p.name not in ignored}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models)
+
+    def _publish_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready else 0)
 
     @staticmethod
     def _stamp(path: Path) -> tuple[int, int]:
@@ -106,6 +120,7 @@ class ModelRegistry:
             self.models[name] = Served(name, det, batcher, path, stamp)
             self.failures.pop(name, None)
             self._publish(name, det, old.detector if old else None)
+            self._publish_ready()
             self.metrics.reloads.labels(name, "success").inc()
             log.info("model %s: serving version %s", name, det.version)
         if old:
@@ -125,6 +140,7 @@ class ModelRegistry:
     async def unload(self, name: str) -> None:
         async with self._lock:
             served = self.models.pop(name, None)
+            self._publish_ready()
         if served:
             try:
                 self.metrics.model_info.remove(name, served.detector.version, served.detector.config.backbone.name)
@@ -155,6 +171,10 @@ class ModelRegistry:
         for name in set(self.models) - set(files):
             await self.unload(name)
             outcomes[name] = "unloaded"
+        for name in (set(self.failures) | set(self._failed_stamps)) - set(files):
+            self.failures.pop(name, None)  # its file is gone: the failure is history, not state
+            self._failed_stamps.pop(name, None)
+        self._publish_ready()
         return outcomes
 
     async def watch(self, interval_s: float) -> None:

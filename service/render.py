@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from models.detector import Inspection
-from models.preprocess import to_original
+from models.preprocess import Picture
 
 
 def _bounded(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -16,13 +16,19 @@ def _bounded(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def overlay_png(image: np.ndarray, r: Inspection, pixel_threshold: float, max_side: int) -> tuple[bytes, int, int]:
+def _map_at(r: Inspection, h: int, w: int) -> np.ndarray:
+    """The work map resampled straight to the reply's size (never to the full original size)."""
+    return cv2.resize(r.anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay_png(image: Picture, r: Inspection, pixel_threshold: float, max_side: int) -> tuple[bytes, int, int]:
     """JET colour map over the image; red = at or above twice the pixel threshold."""
     h, w = _bounded(*r.layout.original_hw, max_side)
-    amap = cv2.resize(to_original(r.anomaly_map, r.layout), (w, h), interpolation=cv2.INTER_LINEAR)
+    amap = _map_at(r, h, w)
     norm = np.clip(amap / (2 * pixel_threshold), 0, 1)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    base = cv2.resize((image * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA)[..., ::-1]
+    px = image.pixels if image.pixels.dtype == np.uint8 else (np.clip(image.pixels, 0, 1) * 255).astype(np.uint8)
+    base = cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)[..., ::-1]
     out = cv2.addWeighted(base, 0.55, colour, 0.45, 0)
     ok, png = cv2.imencode(".png", out)
     assert ok
@@ -31,7 +37,7 @@ def overlay_png(image: np.ndarray, r: Inspection, pixel_threshold: float, max_si
 
 def raw_map(r: Inspection, max_side: int) -> tuple[bytes, int, int]:
     h, w = _bounded(*r.layout.original_hw, max_side)
-    amap = cv2.resize(to_original(r.anomaly_map, r.layout), (w, h), interpolation=cv2.INTER_LINEAR)
+    amap = _map_at(r, h, w)
     return amap.astype("<f4").tobytes(), w, h
 
 

@@ -7,7 +7,6 @@ import hmac
 import time
 from typing import Annotated, Literal
 
-import numpy as np
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -17,9 +16,11 @@ from starlette.datastructures import UploadFile
 
 from models.artifact import ArtifactError
 from models.explain import atlas_png
-from models.imageio import ImageDecodeError, decode_image
+from models.imageio import ImageDecodeError, probe_image
+from models.preprocess import Picture
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
+from service.budget import BudgetBusy, PixelBudget
 from service.metrics import Metrics
 from service.registry import ModelRegistry, Served, valid_name
 from service.render import b64, overlay_png, raw_map
@@ -27,6 +28,7 @@ from service.settings import Settings
 
 router = APIRouter()
 DECODE_STATUS = {"invalid": 422, "unsupported": 415, "too_large": 413}
+DECODE_OUTCOMES = {413: "too_large", 415: "unsupported", 503: "overloaded", 404: "unloaded"}
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
                415: "unsupported_media_type", 422: "invalid_request", 503: "overloaded"}
@@ -86,14 +88,30 @@ async def _images_from_request(request: Request, settings: Settings, many: bool)
     raise HTTPException(415, f"content type {ctype or '(none)'!r} is not an image; send image/* or multipart")
 
 
-async def _decode(data: bytes, settings: Settings, name: str | None) -> np.ndarray:
+async def _decode(request: Request, model: str, data: bytes, settings: Settings, name: str | None) -> Picture:
+    """Header first (format, pixel count), then a decode reduced to the model's working resolution,
+    holding that many pixels of the server-wide decode budget while it runs."""
+    registry: ModelRegistry = request.app.state.registry
+    budget: PixelBudget = request.app.state.budget
     try:
-        return await run_in_threadpool(decode_image, data, settings.max_pixels, "image")
+        header = probe_image(data, settings.max_pixels, "image")
+        served = registry.models.get(model)
+        if served is None:
+            raise HTTPException(404, f"model {model!r} was unloaded")
+        async with budget.hold(header.pixels, settings.decode_wait_s):
+            request.app.state.metrics.decode_pixels.set(budget.used)
+            try:
+                return await run_in_threadpool(served.detector.decode, data, settings.max_pixels, "image")
+            finally:
+                request.app.state.metrics.decode_pixels.set(budget.used - header.pixels)
     except ImageDecodeError as e:
         raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
+    except BudgetBusy:
+        raise HTTPException(503, "the server is decoding as many pixels as it may hold; retry shortly",
+                            headers={"Retry-After": "1"}) from None
 
 
-def _response(request: Request, name: str, image: np.ndarray, result: Result, filename: str | None,
+def _response(request: Request, name: str, image: Picture, result: Result, filename: str | None,
               decode_s: float, t0: float, heatmap: str, settings: Settings) -> schemas.Inspection:
     r = result.inspection
     det = result.detector
@@ -135,7 +153,7 @@ def _require_atlas(registry: ModelRegistry, name: str) -> None:
         raise HTTPException(422, f"model {name!r} has no latent atlas (fitted by an older version); refit it")
 
 
-async def _submit(registry: ModelRegistry, name: str, image: np.ndarray, explain: bool = False) -> Result:
+async def _submit(registry: ModelRegistry, name: str, image: Picture, explain: bool = False) -> Result:
     """Queue on the model's current batcher (explanations too); follow a hot swap that happens meanwhile."""
     for _ in range(5):
         served = registry.models.get(name)
@@ -152,9 +170,9 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                        settings: Settings, metrics: Metrics, explain: bool = False) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
-        image = await _decode(data, settings, filename)
+        image = await _decode(request, name, data, settings, filename)
     except HTTPException as e:
-        metrics.requests.labels(name, {413: "too_large", 415: "unsupported"}.get(e.status_code, "bad_image")).inc()
+        metrics.requests.labels(name, DECODE_OUTCOMES.get(e.status_code, "bad_image")).inc()
         raise
     decode_s = time.perf_counter() - t0
     if explain:
@@ -180,10 +198,19 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
     return resp
 
 
+_BINARY = {"type": "string", "format": "binary"}
+_ERRORS = {s: {"model": schemas.ErrorBody} for s in (404, 408, 413, 415, 422, 503)}
+# The body is read by hand (multipart or raw, bounded), so the schema is declared here for /docs.
+_ONE_IMAGE = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}},
+    **{t: {"schema": _BINARY} for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp", "image/webp",
+                                        "image/gif", "application/octet-stream")}}}}
+_MANY_IMAGES = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": _BINARY}}, "required": ["files"]}}}}}
+
+
 @router.post("/v1/models/{name}/inspect", response_model=schemas.Inspection, tags=["inspection"],
-             responses={404: {"model": schemas.ErrorBody}, 413: {"model": schemas.ErrorBody},
-                        415: {"model": schemas.ErrorBody}, 422: {"model": schemas.ErrorBody},
-                        503: {"model": schemas.ErrorBody}})
+             responses=_ERRORS, openapi_extra=_ONE_IMAGE)
 async def inspect(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
                   metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none",
                   explain: ExplainQ = False) -> schemas.Inspection:
@@ -192,7 +219,8 @@ async def inspect(request: Request, served: Model, settings: Annotated[Settings,
     return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain)
 
 
-@router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"])
+@router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"],
+             responses=_ERRORS, openapi_extra=_MANY_IMAGES)
 async def inspect_batch(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
                         metrics: Annotated[Metrics, Depends(get_metrics)],
                         heatmap: HeatmapQ = "none", explain: ExplainQ = False) -> schemas.BatchInspection:
@@ -268,10 +296,9 @@ async def healthz() -> dict:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Response:
-    ready = bool(registry.models)
-    request.app.state.metrics.ready.set(1 if ready else 0)
+    ready = registry.ready
     body = {"ready": ready, "models": {n: s.detector.version for n, s in registry.models.items()},
-            "failed": {n: f.error for n, f in registry.failures.items()}}
+            "failed": {n: f.error for n, f in registry.failures.items()}, "ignored": registry.ignored}
     return JSONResponse(body, 200 if ready else 503)
 
 

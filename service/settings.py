@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SAE_INSPECT_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAE_INSPECT_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
 
     models_dir: Path = Field(Path("artifacts"), description="folder of *.safetensors artifacts, one per model")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
@@ -18,8 +20,42 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, description="queued images per model before 503 + Retry-After")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="request bodies above this get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="images above this pixel count get 413 before decoding")
+    max_decode_pixels: int = Field(80_000_000, ge=1, description="pixels being decoded at once across all "
+                                   "requests; more waits up to decode_wait_s, then 503 + Retry-After")
+    decode_wait_s: float = Field(10.0, ge=0, description="how long an image may wait for decoding capacity")
     max_batch_files: int = Field(32, ge=1, description="files per /inspect/batch request")
-    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this time (408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this "
+                                  "time of the request's start (408)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must deliver complete request "
+                                    "headers within this time of opening (or of its previous response)")
+    keepalive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(256, ge=1, description="open connections; more are answered 503 and closed")
     api_key: SecretStr | None = Field(None, description="bearer key for admin routes; unset = admin disabled")
     watch_interval_s: float = Field(2.0, ge=0, description="poll the models folder this often; 0 = off")
     heatmap_max_side: int = Field(512, ge=16, description="longest side of returned heat maps")
+
+    @model_validator(mode="after")
+    def _budget_holds_one_image(self) -> Settings:
+        if self.max_decode_pixels < self.max_pixels:
+            raise ValueError(f"max_decode_pixels ({self.max_decode_pixels}) must be at least max_pixels "
+                             f"({self.max_pixels}) or the largest legal image could never be decoded")
+        return self
+
+
+class SettingsError(ValueError):
+    """A bad environment value, as one line naming the variable."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value raises SettingsError naming the variable(s)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = "_".join(str(x) for x in err.get("loc", ())).upper()
+            name = f"{ENV_PREFIX}{loc}" if loc else "settings"
+            given = err.get("input")
+            shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+            parts.append(f"{name}: {err.get('msg', 'invalid value')}{shown}")
+        raise SettingsError("; ".join(parts)) from None

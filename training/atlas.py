@@ -66,7 +66,7 @@ def build_atlas(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, paths: Sequence
     half = crop // 2
     for img_idx, items in wanted.items():
         try:
-            canvases, _ = make_canvases(read_image(paths[img_idx]), config.preprocess)
+            canvases, _ = make_canvases(read_image(paths[img_idx], config.preprocess), config.preprocess)
         except ImageDecodeError as e:  # the file changed since extraction
             log.warning("atlas: %s", e)
             continue

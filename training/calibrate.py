@@ -31,7 +31,8 @@ def score_files(detector: Detector, paths: Sequence[Path], desc: str = "scoring"
             maps.append(work_map)
         pending.clear()
 
-    for p, img in tqdm(iter_images(paths), total=len(paths), desc=desc, unit="img", mininterval=2.0):
+    images = iter_images(paths, detector.config.preprocess)
+    for p, img in tqdm(images, total=len(paths), desc=desc, unit="img", mininterval=2.0):
         if img is not None:
             pending.append((p, img))
         if len(pending) >= batch:

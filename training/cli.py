@@ -21,7 +21,7 @@ from models.artifact import ArtifactError
 from models.backbone import BackboneError
 from models.config import BackboneConfig, ModelConfig, PreprocessConfig, SAEConfig, ScoringConfig
 from models.detector import Detector, resolve_device
-from models.imageio import ImageDecodeError, read_image
+from models.imageio import ImageDecodeError
 from training import __version__
 from training.calibrate import CalibrationConfig
 from training.fit import FitConfig
@@ -76,8 +76,10 @@ def cmd_fit(a: argparse.Namespace) -> None:
                              f"{a.init}; only --steps, --max-patches, --seed and calibration flags apply")
         if Path(a.init).resolve() == out.resolve():
             raise ValueError(f"{out}: --out must differ from --init so the previous artifact stays untouched")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: output folder does not exist")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # like `mkdir -p`: a new folder is created
+    except OSError as e:
+        raise OSError(f"{out.parent}: cannot create the output folder ({e.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise PermissionError(f"{out.parent}: output folder is not writable")
     t0 = time.perf_counter()
@@ -125,7 +127,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     failures = 0
     for f in a.files:
         try:
-            r = det.inspect([read_image(f)])[0]
+            r = det.inspect([det.read(f)])[0]
         except ImageDecodeError as e:
             failures += 1
             print(json.dumps({"file": f, "error": str(e)}) if a.json else f"{f}\terror: {e}")
@@ -143,7 +145,7 @@ def cmd_explain(a: argparse.Namespace) -> None:
     from training.report import write_explanation
 
     det = Detector.from_artifact(a.model, a.device)
-    image = read_image(a.image)
+    image = det.read(a.image)
     result, regions = det.explain(image)
     write_explanation(image, result, regions, det, Path(a.out))
     verdict = "anomalous" if result.anomalous else "good"

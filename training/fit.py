@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from models.backbone import Backbone
-from models.config import ModelConfig
+from models.config import ModelConfig, PreprocessConfig
 from models.detector import Detector, ScoreStats, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
-from models.preprocess import make_canvases, valid_cells
+from models.preprocess import Picture, make_canvases, valid_cells
 from models.sae import TopKSAE, auxk_loss, fvu, patch_error
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 
@@ -93,14 +93,15 @@ class Reservoir:
         return self.data[:n], self.tags[:n]
 
 
-def iter_images(paths: Sequence[Path], workers: int = 2, ahead: int = 16) -> Iterator[tuple[Path, np.ndarray | None]]:
-    """Decode files in the background, at most `ahead` files in memory at once.
+def iter_images(paths: Sequence[Path], preprocess: PreprocessConfig, workers: int = 2,
+                ahead: int = 16) -> Iterator[tuple[Path, Picture | None]]:
+    """Decode files for a model's geometry in the background, at most `ahead` files in memory at once.
 
     Unreadable files yield None with a warning naming them.
     """
-    def load(p: Path) -> np.ndarray | None:
+    def load(p: Path) -> Picture | None:
         try:
-            return read_image(p)
+            return read_image(p, preprocess)
         except ImageDecodeError as e:
             log.warning("skipping %s", e)
             return None
@@ -151,7 +152,8 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
         pending_valid.clear()
         pending_img.clear()
 
-    for path, img in tqdm(iter_images(paths), total=len(paths), desc="features", unit="img", mininterval=2.0):
+    images = iter_images(paths, config.preprocess)
+    for path, img in tqdm(images, total=len(paths), desc="features", unit="img", mininterval=2.0):
         if img is None:
             continue
         canvases, layout = make_canvases(img, pre)

@@ -12,8 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.detector import Detector  # noqa: E402
-from models.imageio import read_image  # noqa: E402
-from models.preprocess import make_canvases  # noqa: E402
+from models.preprocess import Picture, as_picture, make_canvases  # noqa: E402
 from training.metrics import auroc, roc_curve  # noqa: E402
 
 
@@ -49,7 +48,7 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     ax.legend()
     for j, (label, i) in enumerate(picks):
         ax = fig.add_subplot(rows, cols, cols + 1 + j)
-        canvas, layout = make_canvases(read_image(details["paths"][i]), detector.config.preprocess)
+        canvas, layout = make_canvases(detector.read(details["paths"][i]), detector.config.preprocess)
         _, _, h, w = layout.windows[0]
         o = layout.offset
         work_img = canvas[0, o : o + h, o : o + w] if len(layout.windows) == 1 else canvas[0]
@@ -63,18 +62,19 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     plt.close(fig)
 
 
-def write_explanation(image: np.ndarray, result, regions, detector: Detector, path: Path) -> None:
+def write_explanation(image: Picture | np.ndarray, result, regions, detector: Detector, path: Path) -> None:
     """Image + heat map + region boxes, and per region the atlas crops of unusual and expected latents."""
     from matplotlib.patches import Rectangle
 
-    from models.preprocess import to_original
-
+    pic = as_picture(image)
+    oh, ow = pic.original_hw
+    extent = (0, ow, oh, 0)  # pixels and map drawn in original-image coordinates, boxes too
     n_rows = 1 + len(regions)
     fig = plt.figure(figsize=(12, 3.2 * n_rows))
     ax = fig.add_subplot(n_rows, 1, 1)
-    ax.imshow(image)
-    amap = to_original(result.anomaly_map, result.layout)
-    ax.imshow(amap, cmap="jet", alpha=0.4, vmin=0, vmax=max(result.threshold, float(amap.max())))
+    ax.imshow(pic.pixels, extent=extent)
+    amap = result.anomaly_map
+    ax.imshow(amap, cmap="jet", alpha=0.4, vmin=0, vmax=max(result.threshold, float(amap.max())), extent=extent)
     for i, e in enumerate(regions, 1):
         x, y, w, h = e.box
         ax.add_patch(Rectangle((x, y), w, h, fill=False, color="red", lw=2))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from models.artifact import ArtifactError
 from models.detector import Detector
-from models.imageio import read_image
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +20,12 @@ def save_verified(det: Detector, out: Path, probe: Path) -> None:
     A failure at any step leaves `out` exactly as it was.
     """
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     candidate = out.with_name(f".{out.name}.candidate")
     try:
         det.save(candidate)
         reloaded = Detector.from_artifact(candidate, str(det.device))
-        img = read_image(probe)
+        img = det.read(probe)
         a, b = det.inspect([img])[0].score, reloaded.inspect([img])[0].score
         if a != b:
             raise ArtifactError(f"{candidate}: reloaded artifact scores {b} instead of {a}")

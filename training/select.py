@@ -21,7 +21,8 @@ import numpy as np
 
 from models.config import NORMALIZE_CHOICES
 from models.detector import Detector
-from models.imageio import ImageDecodeError, read_image
+from models.imageio import ImageDecodeError
+from models.preprocess import Picture, as_float
 from training.metrics import auroc
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,15 @@ def select_normalization(detector: Detector, paths: Sequence[Path], n_images: in
     good = []
     for i in order:
         try:
-            good.append(read_image(paths[i]))
+            good.append(detector.read(paths[i]))
         except ImageDecodeError as e:
             log.warning("selection: %s", e)
     if len(good) < 4:  # too few to measure anything, and too few for per-position statistics
         log.warning("only %d good fit images: keeping the raw reconstruction error as the score", len(good))
         return "none", {}
-    bad = [synthetic_defect(rng, img, SYNTHETIC_KINDS[j % len(SYNTHETIC_KINDS)])[0] for j, img in enumerate(good)]
+    kinds = [SYNTHETIC_KINDS[j % len(SYNTHETIC_KINDS)] for j in range(len(good))]
+    bad = [Picture(synthetic_defect(rng, as_float(pic.pixels), kind)[0], pic.original_hw)
+           for pic, kind in zip(good, kinds, strict=True)]
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
     table = {}
     for cand in NORMALIZE_CHOICES:

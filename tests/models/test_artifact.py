@@ -6,7 +6,7 @@ import pytest
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.detector import Detector
-from models.imageio import list_images, read_image
+from models.imageio import list_images
 
 
 def _scores(det, images):
@@ -14,7 +14,7 @@ def _scores(det, images):
 
 
 def test_round_trip_gives_bit_identical_scores(detector, artifact, dataset):
-    images = [read_image(p) for p in list_images(dataset / "test")[:6]]
+    images = [detector.read(p) for p in list_images(dataset / "test")[:6]]
     loaded = Detector.from_artifact(artifact, "cpu")
     assert _scores(loaded, images) == _scores(detector, images)
     assert loaded.config == detector.config and loaded.calibration == detector.calibration

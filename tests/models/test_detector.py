@@ -1,15 +1,15 @@
 import cv2
 import numpy as np
 
-from models.imageio import list_images, read_image
+from models.imageio import list_images
 from models.preprocess import to_original
 from training.metrics import auroc
 
 
 def test_defective_parts_score_above_good_ones(detector, dataset):
-    good = [read_image(p) for p in list_images(dataset / "test" / "good")]
+    good = [detector.read(p) for p in list_images(dataset / "test" / "good")]
     bad_paths = [p for p in list_images(dataset / "test") if p.parent.name != "good"]
-    results = detector.inspect(good + [read_image(p) for p in bad_paths])
+    results = detector.inspect(good + [detector.read(p) for p in bad_paths])
     scores = np.array([r.score for r in results])
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad_paths))]
     value = auroc(labels, scores)
@@ -27,7 +27,7 @@ def test_defective_parts_score_above_good_ones(detector, dataset):
 
 
 def test_inspection_fields_are_consistent(detector, dataset):
-    r = detector.inspect([read_image(list_images(dataset / "test" / "spot")[0])])[0]
+    r = detector.inspect([detector.read(list_images(dataset / "test" / "spot")[0])])[0]
     assert r.anomalous == (r.score > r.threshold)
     assert 0 < r.p_value <= 1
     assert r.anomaly_map.shape == r.layout.work_hw

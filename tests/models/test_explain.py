@@ -4,7 +4,7 @@ import torch
 
 from models.explain import GRID, Atlas, box_cells, explain_region
 from models.geometry import FeatureGrid
-from models.imageio import list_images, read_image
+from models.imageio import list_images
 
 
 def _atlas(n: int, freq: list[float], loc: dict[int, float]) -> Atlas:
@@ -50,7 +50,7 @@ def test_detector_explains_the_injected_defect(detector, dataset):
 
     assert detector.atlas is not None and detector.atlas.crops.dtype == torch.uint8
     path = list_images(dataset / "test" / "spot")[0]
-    image = read_image(path)
+    image = detector.read(path)
     result, regions = detector.explain(image)
     inspected = detector.inspect([image])[0]
     np.testing.assert_array_equal(result.anomaly_map, inspected.anomaly_map)  # one scoring path

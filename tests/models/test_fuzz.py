@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.images import part_png
+from models.config import PreprocessConfig
 from models.imageio import ImageDecodeError, decode_image
 
 SEED_PNG = part_png(5)
@@ -13,12 +14,13 @@ SEED_PNG = part_png(5)
 
 def _check(data: bytes) -> None:
     try:
-        a = decode_image(data, max_pixels=4_000_000)
+        pic = decode_image(data, PreprocessConfig(), max_pixels=4_000_000)
     except ImageDecodeError as e:
         assert e.kind in ("invalid", "unsupported", "too_large")
         return
-    assert a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.float32
-    assert np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    a = pic.pixels
+    assert a.ndim == 3 and a.shape[2] == 3 and a.dtype in (np.uint8, np.float32)
+    assert np.isfinite(a).all() and a.min() >= 0 and (a.dtype == np.uint8 or a.max() <= 1)
 
 
 @settings(max_examples=300, deadline=None)

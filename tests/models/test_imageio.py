@@ -1,40 +1,70 @@
+import io
+
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from bench.images import encode, part_png, png_bomb
-from models.imageio import ImageDecodeError, decode_image
+from models.config import PreprocessConfig
+from models.imageio import ImageDecodeError, decode_image, probe_image
+from models.preprocess import make_canvases, reduce_factor
+from models.synthetic import good_part
+
+CFG = PreprocessConfig()
+RGB = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
 
 
-def test_modes_all_decode_to_float_rgb():
-    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+def test_modes_all_decode_to_rgb_pictures():
     cases = {
-        "rgb png": encode(Image.fromarray(rgb), "PNG"),
-        "gray jpeg": encode(Image.fromarray(rgb[..., 0]), "JPEG"),
-        "rgba png": encode(Image.fromarray(rgb).convert("RGBA"), "PNG"),
-        "palette png": encode(Image.fromarray(rgb).convert("P"), "PNG"),
-        "16-bit png": encode(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "PNG"),
-        "cmyk jpeg": encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
-        "bmp": encode(Image.fromarray(rgb), "BMP"),
-        "tiff": encode(Image.fromarray(rgb), "TIFF"),
+        "rgb png": encode(Image.fromarray(RGB), "PNG"),
+        "gray jpeg": encode(Image.fromarray(RGB[..., 0]), "JPEG"),
+        "rgba png": encode(Image.fromarray(RGB).convert("RGBA"), "PNG"),
+        "palette png": encode(Image.fromarray(RGB).convert("P"), "PNG"),
+        "16-bit png": encode(Image.fromarray(RGB[..., 0].astype(np.uint16) * 257), "PNG"),
+        "cmyk jpeg": encode(Image.fromarray(RGB).convert("CMYK"), "JPEG"),
+        "bmp": encode(Image.fromarray(RGB), "BMP"),
+        "tiff": encode(Image.fromarray(RGB), "TIFF"),
+        "webp": encode(Image.fromarray(RGB), "WEBP"),
+        "gif": encode(Image.fromarray(RGB).convert("P"), "GIF"),
     }
     for name, data in cases.items():
-        a = decode_image(data, source=name)
-        assert a.shape == (20, 30, 3) and a.dtype == np.float32, name
-        assert 0.0 <= a.min() and a.max() <= 1.0, name
+        pic = decode_image(data, CFG, source=name)
+        a = pic.pixels
+        assert a.shape == (20, 30, 3) and pic.original_hw == (20, 30), name
+        assert a.dtype == (np.float32 if name == "16-bit png" else np.uint8), name
+        if a.dtype == np.float32:
+            assert 0.0 <= a.min() and a.max() <= 1.0, name
+    np.testing.assert_array_equal(decode_image(cases["rgb png"], CFG).pixels, RGB)  # 8-bit pixels as stored
 
 
 def test_16_bit_keeps_full_range():
     a = np.array([[0, 65535]], np.uint16)
-    out = decode_image(encode(Image.fromarray(a), "PNG"))
+    out = decode_image(encode(Image.fromarray(a), "PNG"), CFG).pixels
     assert out[0, 0, 0] == 0.0 and out[0, 1, 0] == pytest.approx(1.0)
+
+
+def test_float_and_32_bit_tiffs_decode_to_their_intensities():
+    gray = RGB[..., 0]
+    expected = gray.astype(np.float32) / 255
+    as_float01 = decode_image(encode(Image.fromarray(expected), "TIFF"), CFG).pixels[..., 0]
+    np.testing.assert_allclose(as_float01, expected, atol=1e-6)  # float TIFF: values are intensities
+    int8range = decode_image(encode(Image.fromarray(gray.astype(np.int32)), "TIFF"), CFG).pixels[..., 0]
+    np.testing.assert_allclose(int8range, expected, atol=1e-6)
+    deep = (gray.astype(np.int64) * 8_000_000).astype(np.int32)  # beyond 16 bits: 32-bit full scale
+    out = decode_image(encode(Image.fromarray(deep), "TIFF"), CFG).pixels[..., 0]
+    np.testing.assert_allclose(out, deep / 4294967295.0, atol=1e-6)
+    assert 0.3 < out.max() < 1.0  # neither clipped to white nor crushed to black
 
 
 def test_exif_rotation_is_applied():
     img = Image.fromarray(np.zeros((10, 40, 3), np.uint8))
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
-    assert decode_image(encode(img, "JPEG", exif=exif)).shape[:2] == (40, 10)
+    data = encode(img, "JPEG", exif=exif)
+    pic = decode_image(data, CFG)
+    assert pic.pixels.shape[:2] == (40, 10) and pic.original_hw == (40, 10)
+    assert probe_image(data)[1:] == (10, 40)  # header: width, height as shown
 
 
 @pytest.mark.parametrize("data, kind", [
@@ -45,5 +75,56 @@ def test_exif_rotation_is_applied():
 ])
 def test_bad_bytes_raise_clear_errors(data, kind):
     with pytest.raises(ImageDecodeError) as e:
-        decode_image(data, max_pixels=10_000_000, source="upload.png")
+        decode_image(data, CFG, max_pixels=10_000_000, source="upload.png")
     assert e.value.kind == kind and "upload.png" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "ICO", "PCX", "EPS", "IM", "SGI"])
+def test_formats_outside_the_documented_list_are_refused(fmt):
+    buf = io.BytesIO()
+    if fmt == "EPS":  # Pillow would hand this to Ghostscript
+        buf.write(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 20\n")
+    else:
+        Image.fromarray(RGB).save(buf, fmt)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(buf.getvalue(), CFG, source="x")
+    assert e.value.kind == "unsupported" and "PNG" in str(e.value)
+
+
+def _big(side: int, seed: int = 1) -> np.ndarray:
+    img = cv2.resize(good_part(np.random.default_rng(seed)), (side, side * 3 // 4), interpolation=cv2.INTER_CUBIC)
+    noise = np.random.default_rng(seed).integers(-20, 21, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def test_small_images_are_decoded_at_full_size_and_give_identical_canvases():
+    img = _big(600)  # less than 4x the 256 px work image: no reduction
+    assert reduce_factor(img.shape[:2], CFG) == 1
+    for fmt in ("PNG", "JPEG"):
+        data = encode(Image.fromarray(img), fmt)
+        reduced, full = decode_image(data, CFG), decode_image(data, None)
+        np.testing.assert_array_equal(reduced.pixels, full.pixels)
+        np.testing.assert_array_equal(make_canvases(reduced, CFG)[0], make_canvases(full, CFG)[0])
+
+
+@pytest.mark.parametrize("side", [1100, 4100])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_large_images_are_reduced_at_decode_within_tolerance(side, fmt):
+    """Draft (JPEG) and box reduction (others) change the canvas by at most 1/255 on average and
+    6/255 at any pixel against decoding the full image, and never go below twice the work size."""
+    img = _big(side)
+    data = encode(Image.fromarray(img), fmt)
+    reduced, full = decode_image(data, CFG), decode_image(data, None)
+    assert reduced.original_hw == full.original_hw == img.shape[:2]
+    assert reduced.pixels.shape[0] < img.shape[0] and reduced.pixels.dtype == np.uint8
+    assert max(reduced.pixels.shape[:2]) >= 2 * CFG.size
+    (a, la), (b, lb) = make_canvases(reduced, CFG), make_canvases(full, CFG)
+    assert la == lb
+    diff = np.abs(a - b) * 255
+    assert diff.mean() <= 1.0 and diff.max() <= 6.0
+
+
+def test_tile_mode_at_native_scale_is_never_reduced():
+    cfg = PreprocessConfig(mode="tile")
+    data = encode(Image.fromarray(_big(1100)), "PNG")
+    assert decode_image(data, cfg).pixels.shape[:2] == (825, 1100)

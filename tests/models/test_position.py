@@ -79,7 +79,7 @@ def test_position_scoring_ranks_defects_above_good_parts_and_keeps_the_conformal
     rate holds on fresh good parts."""
     import cv2
 
-    from models.imageio import list_images, read_image
+    from models.imageio import list_images
     from models.synthetic import good_part
     from training.calibrate import CalibrationConfig, calibrate
     from training.metrics import auroc
@@ -91,12 +91,12 @@ def test_position_scoring_ranks_defects_above_good_parts_and_keeps_the_conformal
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), good_part(rng))
     fresh = list_images(tmp_path)
     det = det.replace(calibration=calibrate(det, fresh[:59], CalibrationConfig(alpha=0.1)))
-    scores = np.array([r.score for r in det.inspect([read_image(p) for p in fresh[59:]])])
+    scores = np.array([r.score for r in det.inspect([det.read(p) for p in fresh[59:]])])
     rate = float((scores > det.calibration.threshold).mean())
     print(f"{normalize}: false-alarm rate on 120 new good parts at alpha=0.1: {rate:.3f}")
     assert rate <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 120)
-    good = [read_image(p) for p in list_images(dataset / "test" / "good")]
-    bad = [read_image(p) for p in list_images(dataset / "test") if p.parent.name != "good"]
+    good = [det.read(p) for p in list_images(dataset / "test" / "good")]
+    bad = [det.read(p) for p in list_images(dataset / "test") if p.parent.name != "good"]
     s = np.array([r.score for r in det.inspect(good + bad)])
     value = auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], s)
     print(f"{normalize}: image AUROC on generated parts {value:.3f}")

@@ -35,9 +35,8 @@ def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp
     paths = list_images(tmp_path)
     cal = calibrate(detector, paths[:59], CalibrationConfig(alpha=0.1))
     assert cal.threshold == cal.scores[53]  # rank ceil(60 * 0.9) = 54
-    from models.imageio import read_image
 
-    scores = np.array([r.score for r in detector.inspect([read_image(p) for p in paths[59:]])])
+    scores = np.array([r.score for r in detector.inspect([detector.read(p) for p in paths[59:]])])
     rate = float((scores > cal.threshold).mean())
     print(f"false-alarm rate on 120 new good parts at alpha=0.1: {rate:.3f}")
     assert rate <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 120) + 0.05  # conformal bound + sampling noise
