@@ -6,10 +6,11 @@ CMYK, 16-bit, 32-bit integer and float; EXIF orientation applied (a rotated came
 is scored upright); multi-frame files use their first frame.
 
 The format and pixel count are checked from the header before any pixel is decoded, so a
-decompression bomb costs nothing. Given the model's geometry, an image much larger than
-the model's work image is reduced while it is decoded (JPEG: DCT scaling in draft mode;
-others: box reduction of the 8-bit image), never below twice the work image's size, and
-pixels stay uint8: a 6000 x 6000 upload is never held as a full-size float image.
+decompression bomb costs nothing. Given the model's geometry, an image at least four times
+the model's work image is area-reduced right after decoding to exactly twice the work size
+(``models.preprocess.decode_hw``), still uint8, and JPEGs whose sides divide evenly are
+decoded at 1/2, 1/4 or 1/8 scale by libjpeg (draft mode) first: a 6000 x 6000 upload is never
+held as a full-size float image.
 
 Intensities: 8-bit images are used as stored. 16-bit images are scaled by 65535. Float
 images hold intensities in [0, 1] (values outside are clipped); 32-bit integer images
@@ -20,16 +21,16 @@ images hold intensities in [0, 1] (values outside are clipped); 32-bit integer i
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from models.config import PreprocessConfig
-from models.preprocess import Picture, reduce_factor
+from models.preprocess import Picture, decode_hw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -54,6 +55,8 @@ class Header(NamedTuple):
     width: int
     height: int
     """As shown, after EXIF orientation."""
+    orientation: int = 1
+    """EXIF orientation tag (1 = stored upright)."""
 
     @property
     def pixels(self) -> int:
@@ -79,11 +82,13 @@ def _open(data: bytes, max_pixels: int, source: str) -> tuple[Image.Image, Heade
         raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of "
                                f"{max_pixels}", "too_large")
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        orientation = int(img.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers do
         orientation = 1
+    if orientation not in _ORIENT:
+        orientation = 1
     shown = (height, width) if orientation in _TRANSPOSING else (width, height)
-    return img, Header(img.format or "?", *shown)
+    return img, Header(img.format or "?", *shown, orientation)
 
 
 def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Header:
@@ -99,31 +104,39 @@ def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: i
     the full image (for display)."""
     img, header = _open(data, max_pixels, source)
     original_hw = (header.height, header.width)
-    factor = reduce_factor(original_hw, preprocess) if preprocess is not None else 1
+    target = decode_hw(original_hw, preprocess) if preprocess is not None else None
     try:
         img.seek(0)
-        if factor > 1 and img.format in ("JPEG", "MPO"):
-            img.draft("L" if img.mode == "L" else "RGB", (math.ceil(img.width / factor),
-                                                          math.ceil(img.height / factor)))
+        stored = None if target is None else target[::-1] if header.orientation in _TRANSPOSING else target
+        if stored is not None and img.format in ("JPEG", "MPO"):
+            _draft(img, stored)
         img.load()
-        drafted = max(1, round(max(header.width, header.height) / max(img.size)))  # JPEG DCT scaling done
-        img = _reduce(img, factor // drafted)
-        img = ImageOps.exif_transpose(img)
-        return Picture(_to_rgb(img), original_hw)
+        pixels = _to_rgb(img)
+        del img
+        if stored is not None:  # exact area average, as make_canvases does next: the two compose
+            pixels = cv2.resize(pixels, (stored[1], stored[0]), interpolation=cv2.INTER_AREA)
+        return Picture(np.ascontiguousarray(_ORIENT[header.orientation](pixels)), original_hw)
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated / corrupt streams
         raise ImageDecodeError(f"{source}: corrupt or truncated image data ({type(e).__name__})") from e
 
 
-def _reduce(img: Image.Image, factor: int) -> Image.Image:
-    if factor <= 1:
-        return img
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-    elif img.mode.startswith("I;16"):
-        img = img.convert("I")
-    return img.reduce(factor)
+def _draft(img: Image.Image, stored_hw: tuple[int, int]) -> None:
+    """JPEG DCT scaling by 1/8, 1/4 or 1/2, only where the result keeps at least the target size and
+    the image divides evenly (so each scaled pixel covers whole source pixels: geometry unchanged)."""
+    h, w = img.height, img.width
+    for s in (8, 4, 2):
+        if h % s == 0 and w % s == 0 and h // s >= stored_hw[0] and w // s >= stored_hw[1]:
+            img.draft("L" if img.mode == "L" else "RGB", (w // s, h // s))
+            return
+
+
+_ORIENT = {  # EXIF orientation -> the array operation that shows the image upright (as Pillow's exif_transpose)
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

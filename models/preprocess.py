@@ -13,9 +13,9 @@ Three modes (``PreprocessConfig.mode``), recorded in the artifact:
 The anomaly map lives on the *work image* (the image after scaling); ``Layout`` holds
 where each canvas goes on it and how it maps back to the original pixels.
 
-A decoder may hand over a ``Picture``: pixels already reduced by an integer factor
-(``reduce_factor``: never below twice the work image's size) and the original size,
-so that a 6000 x 6000 upload never exists as a full-size float image.
+A decoder may hand over a ``Picture``: pixels already area-reduced to twice the work
+image's size (``decode_hw``) and the original size, so that a 6000 x 6000 upload never
+exists as a full-size float image.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ def work_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, i
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def reduce_factor(original_hw: tuple[int, int], cfg: PreprocessConfig) -> int:
-    """Largest integer factor an image can be box-reduced by at decode time while staying at
-    least twice the work image's size on both sides (1 = decode at full size)."""
+def decode_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int] | None:
+    """Size a decoder may reduce an image to: exactly twice the work image, when the image is at
+    least four times the work image on both sides (None = use the full image).
+
+    Box (area) filters compose: area-reducing to twice the work size and then area-halving equals
+    area-reducing straight to the work size, up to the rounding of the 8-bit intermediate."""
     (h, w), (wh, ww) = original_hw, work_hw(original_hw, cfg)
-    return max(1, int(min(h / wh, w / ww) // 2))
+    return (2 * wh, 2 * ww) if h >= 4 * wh and w >= 4 * ww else None
 
 
 class Layout(NamedTuple):
