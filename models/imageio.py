@@ -54,9 +54,7 @@ class Header(NamedTuple):
     format: str
     width: int
     height: int
-    """As shown, after EXIF orientation."""
-    orientation: int = 1
-    """EXIF orientation tag (1 = stored upright)."""
+    """As stored (before EXIF orientation, which PNG may only reveal after the pixel data)."""
 
     @property
     def pixels(self) -> int:
@@ -81,14 +79,7 @@ def _open(data: bytes, max_pixels: int, source: str) -> tuple[Image.Image, Heade
     if width * height > max_pixels:
         raise ImageDecodeError(f"{source}: {width}x{height} = {width * height} pixels exceeds the limit of "
                                f"{max_pixels}", "too_large")
-    try:
-        orientation = int(img.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers do
-        orientation = 1
-    if orientation not in _ORIENT:
-        orientation = 1
-    shown = (height, width) if orientation in _TRANSPOSING else (width, height)
-    return img, Header(img.format or "?", *shown, orientation)
+    return img, Header(img.format or "?", width, height)
 
 
 def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Header:
@@ -103,23 +94,34 @@ def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: i
     while decoding where the image is much larger than the model's work image; with None they are
     the full image (for display)."""
     img, header = _open(data, max_pixels, source)
-    original_hw = (header.height, header.width)
-    target = decode_hw(original_hw, preprocess) if preprocess is not None else None
+    stored_hw = (header.height, header.width)
+    # decode_hw is symmetric in height and width, so it can be taken on the stored image
+    target = decode_hw(stored_hw, preprocess) if preprocess is not None else None
     try:
         img.seek(0)
-        stored = None if target is None else target[::-1] if header.orientation in _TRANSPOSING else target
-        if stored is not None and img.format in ("JPEG", "MPO"):
-            _draft(img, stored)
+        if target is not None and img.format in ("JPEG", "MPO"):
+            _draft(img, target)
         img.load()
+        orientation = _orientation(img)
         pixels = _to_rgb(img)
         del img
-        if stored is not None:  # exact area average, as make_canvases does next: the two compose
-            pixels = cv2.resize(pixels, (stored[1], stored[0]), interpolation=cv2.INTER_AREA)
-        return Picture(np.ascontiguousarray(_ORIENT[header.orientation](pixels)), original_hw)
+        if target is not None:  # exact area average, as make_canvases does next: the two compose
+            pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+        shown_hw = stored_hw[::-1] if orientation in _TRANSPOSING else stored_hw
+        return Picture(np.ascontiguousarray(_ORIENT[orientation](pixels)), shown_hw)
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated / corrupt streams
         raise ImageDecodeError(f"{source}: corrupt or truncated image data ({type(e).__name__})") from e
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation, read after the pixels (PNG may store it after them); broken EXIF counts as upright."""
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers do
+        return 1
+    return orientation if orientation in _ORIENT else 1
 
 
 def _draft(img: Image.Image, stored_hw: tuple[int, int]) -> None:
