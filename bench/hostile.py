@@ -7,6 +7,7 @@ and bench/reliability.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import struct
@@ -19,7 +20,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.images import encode, part_png, png_bomb
+from bench.images import encode, huge_png, part_png, png_bomb
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Case:
     raw: bytes | None = None
     """Sent byte by byte over a socket instead of through httpx (malformed or slow HTTP)."""
     stall_s: float = 0.0
+    kind: str = ""
+    """Which of CLASSES the case belongs to."""
 
 
 def _rgb(h: int = 96, w: int = 160, seed: int = 0) -> np.ndarray:
@@ -95,6 +98,27 @@ def _multipart_raw(body: bytes, boundary: str = "XyZ") -> dict[str, str]:
     return {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
+CLASSES = {
+    "bytes": "garbage, truncated and corrupt image data (415/422)",
+    "content-type": "lying, missing or non-image content types (415)",
+    "format": "formats outside the documented list: PPM, TGA, ICO, PCX, EPS, SGI (415)",
+    "pixels": "decompression bombs and huge-pixel images (413 from the header, or decoded reduced)",
+    "legal-odd": "legal but unusual images that must be scored (200)",
+    "multipart": "malformed or surprising multipart bodies (400/415/422)",
+    "batch": "batch misuse, and batches mixing good and bad files (per-image results)",
+    "body": "oversized and slow bodies (413/408)",
+    "routing": "unknown models, traversal, NUL and long names, wrong methods (404/405/422)",
+    "admin": "admin routes without or with a wrong key (401)",
+}
+"""Every class of hostile or careless request the service is tried with; the corpus covers each."""
+
+
+def _other_format(fmt: str) -> bytes:
+    if fmt == "EPS":  # Pillow would hand this to Ghostscript
+        return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 20\nshowpage\n"
+    return encode(Image.fromarray(_rgb()), fmt)
+
+
 def build_corpus(max_body: int) -> list[Case]:
     rng = np.random.default_rng(0)
     good = part_png(11)
@@ -104,81 +128,115 @@ def build_corpus(max_body: int) -> list[Case]:
     pal = Image.fromarray(rgb).convert("P")
     pal_t = pal.copy()
     pal_t.info["transparency"] = 0
-    ok, score = {200}, {200}
+    ok = score = {200}
     bad_img = {415, 422}
-    c: list[Case] = [
-        Case("empty body", {422}, content=b""),
-        Case("random bytes 1 KB", {415}, content=rng.bytes(1024)),
-        Case("random bytes 200 KB", {415}, content=rng.bytes(200_000)),
-        Case("HTML sent as image/png", {415}, content=b"<!doctype html><html><body>hi</body></html>"),
-        Case("JSON sent as image/png", {415}, content=b'{"image": "base64..."}'),
-        Case("HTML with text/html", {415}, content=b"<html></html>", headers={"content-type": "text/html"}),
-        Case("JSON with application/json", {415}, content=b"{}", headers={"content-type": "application/json"}),
-        Case("no content-type", {415}, content=good, headers={}),
-        Case("PNG bytes as text/plain", {415}, content=good, headers={"content-type": "text/plain"}),
-        Case("PNG bytes as octet-stream", ok, content=good, headers={"content-type": "application/octet-stream"}),
-        Case("PNG bytes as image/jpeg (lying type)", ok, content=good, headers={"content-type": "image/jpeg"}),
-        Case("truncated PNG, 100 bytes", bad_img, content=good[:100]),
-        Case("truncated PNG, half", bad_img, content=good[: len(good) // 2]),
-        Case("truncated JPEG, half", bad_img, content=jpeg[: len(jpeg) // 2]),
-        Case("JPEG header only", bad_img, content=jpeg[:24]),
-        Case("PNG with corrupt zlib stream", bad_img, content=_png_corrupt_zlib()),
-        Case("PNG bomb 100000x100000", {413}, content=png_bomb()),
-        Case("PNG bomb 20000x20000", {413}, content=png_bomb(20_000, 20_000)),
-        Case("JPEG claiming 60000x60000", {413}, content=_jpeg_huge_dims()),
-        Case("zero-width PNG", bad_img, content=_png_zero_width()),
-        Case("one-pixel PNG", score, content=encode(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), "PNG")),
-        Case("1x2000 line PNG", score, content=encode(Image.fromarray(np.zeros((1, 2000, 3), np.uint8)), "PNG")),
-        Case("16-bit grayscale PNG", score,
-             content=encode(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "PNG")),
-        Case("32-bit integer TIFF", score, content=encode(Image.fromarray(rgb[..., 0].astype(np.int32) * 100), "TIFF")),
-        Case("float TIFF", score, content=encode(Image.fromarray(rgb[..., 0].astype(np.float32) / 255), "TIFF")),
-        Case("palette PNG", score, content=encode(pal, "PNG")),
-        Case("palette PNG with transparency", score, content=encode(pal_t, "PNG", transparency=0)),
-        Case("RGBA PNG", score, content=encode(Image.fromarray(rgb).convert("RGBA"), "PNG")),
-        Case("LA PNG", score, content=encode(Image.fromarray(rgb).convert("LA"), "PNG")),
-        Case("CMYK JPEG", score, content=encode(Image.fromarray(rgb).convert("CMYK"), "JPEG")),
-        Case("grayscale JPEG", score, content=encode(Image.fromarray(rgb[..., 0]), "JPEG")),
-        Case("animated GIF", score, content=_gif_animated()),
-        Case("multi-page TIFF", score, content=_tiff_multipage()),
-        Case("BMP", score, content=encode(Image.fromarray(rgb), "BMP")),
-        Case("WebP", score, content=encode(Image.fromarray(rgb), "WEBP")),
-        Case("EXIF-rotated PNG", score, content=rotated),
-        Case("multipart with no file", {422}, headers={}, files={"comment": (None, b"no file here")}),
-        Case("form-urlencoded body", {415}, headers={}, data={"image": "not a file"}),
-        Case("multipart with two files on single inspect", {400, 413, 422}, headers={},
-             files=[("a", ("a.png", good, "image/png")), ("b", ("b.png", good, "image/png"))]),
-        Case("path-traversal file name", score, headers={},
-             files={"file": ("../../../etc/passwd", good, "image/png")}),
-        Case("batch with too many files", {400, 413, 422}, path="/v1/models/parts/inspect/batch", headers={},
-             files=[("files", (f"{i}.png", b"x", "image/png")) for i in range(40)]),
-        Case("batch as raw body", {415}, path="/v1/models/parts/inspect/batch", content=good),
-        Case("multipart without boundary", {400, 422}, content=b"--x\r\n",
-             headers={"content-type": "multipart/form-data"}),
-        Case("multipart with garbage body", {400, 422}, content=b"not multipart at all",
-             headers=_multipart_raw(b"")),
-        Case("oversized body (Content-Length)", {413}, content=b"\0" * (max_body + 1)),
-        Case("oversized chunked body", {413}, content=None, raw=(
-            b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
-            b"transfer-encoding: chunked\r\n\r\n" + (b"100000\r\n" + b"\0" * 0x100000 + b"\r\n") *
-            (max_body // 0x100000 + 2) + b"0\r\n\r\n")),
-        Case("slow body (slowloris)", {408}, raw=(
-            b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
-            b"content-length: 100000\r\n\r\n" + good[:1000]), stall_s=6.0),
-        Case("invalid heatmap option", {422}, path="/v1/models/parts/inspect?heatmap=svg", content=good),
-        Case("GET on inspect", {405}, method="GET", content=None),
-        Case("unknown model", {404}, path="/v1/models/nope/inspect", content=good),
-        Case("model name ../parts (encoded)", {404}, path="/v1/models/..%2Fparts/inspect", content=good),
-        Case("model name with NUL", {404}, path="/v1/models/parts%00/inspect", content=good),
-        Case("model name 300 chars", {404}, path="/v1/models/" + "a" * 300 + "/inspect", content=good),
-        Case("model card of ../../etc", {404}, method="GET", path="/v1/models/..%2F..%2Fetc", content=None),
-        Case("admin reload, malformed JSON, no key", {401}, path="/v1/models/reload", content=b"{bad json",
-             headers={"content-type": "application/json"}),
-        Case("admin reload, malformed JSON, wrong key", {401}, path="/v1/models/parts/reload", content=b"{bad",
-             headers={"content-type": "application/json", "authorization": "Bearer nope"}),
-        Case("admin reload of ../parts", {401, 404}, path="/v1/models/..%2Fparts/reload", content=b""),
-    ]
-    return c
+    batch = "/v1/models/parts/inspect/batch"
+    sections: dict[str, list[Case]] = {
+        "bytes": [
+            Case("empty body", {422}, content=b""),
+            Case("random bytes 1 KB", {415}, content=rng.bytes(1024)),
+            Case("random bytes 200 KB", {415}, content=rng.bytes(200_000)),
+            Case("HTML sent as image/png", {415}, content=b"<!doctype html><html><body>hi</body></html>"),
+            Case("JSON sent as image/png", {415}, content=b'{"image": "base64..."}'),
+            Case("truncated PNG, 100 bytes", bad_img, content=good[:100]),
+            Case("truncated PNG, half", bad_img, content=good[: len(good) // 2]),
+            Case("truncated JPEG, half", bad_img, content=jpeg[: len(jpeg) // 2]),
+            Case("JPEG header only", bad_img, content=jpeg[:24]),
+            Case("PNG with corrupt zlib stream", bad_img, content=_png_corrupt_zlib()),
+            Case("zero-width PNG", bad_img, content=_png_zero_width()),
+        ],
+        "content-type": [
+            Case("HTML with text/html", {415}, content=b"<html></html>", headers={"content-type": "text/html"}),
+            Case("JSON with application/json", {415}, content=b"{}", headers={"content-type": "application/json"}),
+            Case("no content-type", {415}, content=good, headers={}),
+            Case("PNG bytes as text/plain", {415}, content=good, headers={"content-type": "text/plain"}),
+            Case("PNG bytes as octet-stream", ok, content=good, headers={"content-type": "application/octet-stream"}),
+            Case("PNG bytes as image/jpeg (lying type)", ok, content=good, headers={"content-type": "image/jpeg"}),
+        ],
+        "format": [Case(f"{fmt} image", {415}, content=_other_format(fmt))
+                   for fmt in ("PPM", "TGA", "ICO", "PCX", "EPS", "SGI")],
+        "pixels": [
+            Case("PNG bomb 100000x100000", {413}, content=png_bomb()),
+            Case("PNG bomb 20000x20000", {413}, content=png_bomb(20_000, 20_000)),
+            Case("JPEG claiming 60000x60000", {413}, content=_jpeg_huge_dims()),
+            Case("6000x6000 PNG of 0.15 MB (decoded reduced)", score, content=huge_png(6000, 6000)),
+            Case("batch of 4 huge-pixel PNGs", score, path=batch, headers={},
+                 files=[("files", (f"h{i}.png", huge_png(6000, 6000), "image/png")) for i in range(4)]),
+        ],
+        "legal-odd": [
+            Case("one-pixel PNG", score, content=encode(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), "PNG")),
+            Case("1x2000 line PNG", score, content=encode(Image.fromarray(np.zeros((1, 2000, 3), np.uint8)), "PNG")),
+            Case("16-bit grayscale PNG", score,
+                 content=encode(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "PNG")),
+            Case("32-bit integer TIFF", score,
+                 content=encode(Image.fromarray(rgb[..., 0].astype(np.int32) * 100), "TIFF")),
+            Case("float TIFF", score, content=encode(Image.fromarray(rgb[..., 0].astype(np.float32) / 255), "TIFF")),
+            Case("palette PNG", score, content=encode(pal, "PNG")),
+            Case("palette PNG with transparency", score, content=encode(pal_t, "PNG", transparency=0)),
+            Case("RGBA PNG", score, content=encode(Image.fromarray(rgb).convert("RGBA"), "PNG")),
+            Case("LA PNG", score, content=encode(Image.fromarray(rgb).convert("LA"), "PNG")),
+            Case("CMYK JPEG", score, content=encode(Image.fromarray(rgb).convert("CMYK"), "JPEG")),
+            Case("grayscale JPEG", score, content=encode(Image.fromarray(rgb[..., 0]), "JPEG")),
+            Case("animated GIF", score, content=_gif_animated()),
+            Case("multi-page TIFF", score, content=_tiff_multipage()),
+            Case("BMP", score, content=encode(Image.fromarray(rgb), "BMP")),
+            Case("WebP", score, content=encode(Image.fromarray(rgb), "WEBP")),
+            Case("EXIF-rotated PNG", score, content=rotated),
+        ],
+        "multipart": [
+            Case("multipart with no file", {422}, headers={}, files={"comment": (None, b"no file here")}),
+            Case("form-urlencoded body", {415}, headers={}, data={"image": "not a file"}),
+            Case("multipart with two files on single inspect", {400, 413, 422}, headers={},
+                 files=[("a", ("a.png", good, "image/png")), ("b", ("b.png", good, "image/png"))]),
+            Case("path-traversal file name", score, headers={},
+                 files={"file": ("../../../etc/passwd", good, "image/png")}),
+            Case("markup in the file name", score, headers={},
+                 files={"file": ('<img src=x onerror="alert(1)">.png', good, "image/png")}),
+            Case("multipart without boundary", {400, 422}, content=b"--x\r\n",
+                 headers={"content-type": "multipart/form-data"}),
+            Case("multipart with garbage body", {400, 422}, content=b"not multipart at all",
+                 headers=_multipart_raw(b"")),
+        ],
+        "batch": [
+            Case("batch with too many files", {400, 413, 422}, path=batch, headers={},
+                 files=[("files", (f"{i}.png", b"x", "image/png")) for i in range(40)]),
+            Case("batch as raw body", {415}, path=batch, content=good),
+            Case("batch mixing good, garbage, PPM and a bomb (per-image results)", score, path=batch, headers={},
+                 files=[("files", ("good.png", good, "image/png")), ("files", ("junk.png", b"junk", "image/png")),
+                        ("files", ("x.ppm", _other_format("PPM"), "image/png")),
+                        ("files", ("bomb.png", png_bomb(), "image/png"))]),
+        ],
+        "body": [
+            Case("oversized body (Content-Length)", {413}, content=b"\0" * (max_body + 1)),
+            Case("oversized chunked body", {413}, content=None, raw=(
+                b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + (b"100000\r\n" + b"\0" * 0x100000 + b"\r\n") *
+                (max_body // 0x100000 + 2) + b"0\r\n\r\n")),
+            Case("slow body (slowloris)", {408}, raw=(
+                b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+                b"content-length: 100000\r\n\r\n" + good[:1000]), stall_s=6.0),
+            Case("20 KB request head in one piece (bounded; h11 refuses heads still incomplete at 16 KiB)",
+                 {200, 400, 431}, raw=(
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-junk: " + b"a" * 20_000 + b"\r\n\r\n")),
+        ],
+        "routing": [
+            Case("invalid heatmap option", {422}, path="/v1/models/parts/inspect?heatmap=svg", content=good),
+            Case("GET on inspect", {405}, method="GET", content=None),
+            Case("unknown model", {404}, path="/v1/models/nope/inspect", content=good),
+            Case("model name ../parts (encoded)", {404}, path="/v1/models/..%2Fparts/inspect", content=good),
+            Case("model name with NUL", {404}, path="/v1/models/parts%00/inspect", content=good),
+            Case("model name 300 chars", {404}, path="/v1/models/" + "a" * 300 + "/inspect", content=good),
+            Case("model card of ../../etc", {404}, method="GET", path="/v1/models/..%2F..%2Fetc", content=None),
+        ],
+        "admin": [
+            Case("admin reload, malformed JSON, no key", {401}, path="/v1/models/reload", content=b"{bad json",
+                 headers={"content-type": "application/json"}),
+            Case("admin reload, malformed JSON, wrong key", {401}, path="/v1/models/parts/reload", content=b"{bad",
+                 headers={"content-type": "application/json", "authorization": "Bearer nope"}),
+            Case("admin reload of ../parts", {401, 404}, path="/v1/models/..%2Fparts/reload", content=b""),
+        ],
+    }
+    return [dataclasses.replace(c, kind=kind) for kind, cases in sections.items() for c in cases]
 
 
 def send(base_url: str, case: Case, timeout: float = 60.0) -> tuple[int, str, dict]:

@@ -103,12 +103,12 @@ def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: i
             _draft(img, target)
         img.load()
         orientation = _orientation(img)
-        pixels = _to_rgb(img)
+        pixels = _to_array(img)
         del img
         if target is not None:  # exact area average, as make_canvases does next: the two compose
             pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
         shown_hw = stored_hw[::-1] if orientation in _TRANSPOSING else stored_hw
-        return Picture(np.ascontiguousarray(_ORIENT[orientation](pixels)), shown_hw)
+        return Picture(np.ascontiguousarray(_ORIENT[orientation](_rgb(pixels))), shown_hw)
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated / corrupt streams
@@ -141,7 +141,9 @@ _ORIENT = {  # EXIF orientation -> the array operation that shows the image upri
 }
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Decoded image -> (H, W) gray or (H, W, 3) RGB array: uint8, or float32 in [0, 1] for deeper images.
+    Gray stays one channel until the image is reduced (a third of the memory)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img).astype(np.float64)
         top = float(a.max(initial=0.0))
@@ -151,16 +153,26 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
             full = 1.0
         else:
             full = next((s for s in _FULL_SCALES if top <= s), top)
-        a = np.clip(a / full, 0.0, 1.0).astype(np.float32)
-        return np.repeat(a[..., None], 3, axis=2)
+        return np.clip(a / full, 0.0, 1.0).astype(np.float32)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    a = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if a.ndim != 3 or a.shape[2] != 3:
-        raise ImageDecodeError(f"unexpected pixel layout {a.shape}", "unsupported")
-    return a
+    return _uint8(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+
+
+def _uint8(img: Image.Image, rows: int = 256) -> np.ndarray:
+    """An L or RGB image as a uint8 array, copied in strips: ``np.asarray`` alone would hold the whole
+    image twice more as bytes while converting."""
+    shape = (img.height, img.width) if img.mode == "L" else (img.height, img.width, 3)
+    out = np.empty(shape, np.uint8)
+    for y in range(0, img.height, rows):
+        out[y : y + rows] = np.asarray(img.crop((0, y, img.width, min(img.height, y + rows))))
+    return out
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
 
 
 def read_image(path: str | Path, preprocess: PreprocessConfig | None,

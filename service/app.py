@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from service.budget import PixelBudget
+from service.memory import return_large_frees_to_os
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.routes import ERROR_CODES, router
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except SettingsError as e:
             raise SystemExit(f"sae-inspect-serve: bad setting: {e}") from None
     metrics = Metrics()
+    return_large_frees_to_os()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

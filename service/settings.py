@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, description="queued images per model before 503 + Retry-After")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="request bodies above this get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="images above this pixel count get 413 before decoding")
-    max_decode_pixels: int = Field(64_000_000, ge=1, description="pixels being decoded at once across all "
+    max_decode_pixels: int = Field(48_000_000, ge=1, description="pixels being decoded at once across all "
                                    "requests; more waits up to decode_wait_s, then 503 + Retry-After")
     decode_wait_s: float = Field(10.0, ge=0, description="how long an image may wait for decoding capacity")
     max_batch_files: int = Field(32, ge=1, description="files per /inspect/batch request")
