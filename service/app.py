@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from swagger_ui_bundle import swagger_ui_path
 
 from service.budget import PixelBudget
 from service.memory import return_large_frees_to_os
@@ -148,15 +148,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     static = Path(__file__).parent / "static"
     app.mount("/static", ConsoleStatic(directory=static), name="static")
-    # Swagger UI from the swagger-ui-bundle package: /docs works with no network at all.
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    # Swagger UI 5 from the fastapi-offline package's assets: /docs works with no network at all.
+    app.mount("/docs/assets", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title="SAE Inspect API",
                                    swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs/assets/favicon.png")
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:

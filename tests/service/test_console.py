@@ -66,3 +66,35 @@ def test_console_in_headless_chromium(models_dir, tmp_path):
             assert "Calibration images" in page.inner_text("#card")
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' not installed (.ci/run installs it)")
+def test_docs_render_with_the_network_unreachable(models_dir):
+    """Swagger UI comes from the swagger-ui-bundle package: every request other than to the server is
+    blocked, the page renders, and 'Try it out' on inspect offers a file upload."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0)
+    with running_server(settings) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        blocked: list[str] = []
+
+        def route(r) -> None:
+            if r.request.url.startswith(url):
+                r.continue_()
+            else:
+                blocked.append(r.request.url)
+                r.abort()
+
+        try:
+            page = browser.new_page()
+            page.route("**/*", route)
+            page.goto(url + "/docs")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+            assert "SAE Inspect" in page.inner_text(".swagger-ui .info .title")
+            page.locator('.opblock-summary-path[data-path="/v1/models/{name}/inspect"]').click()
+            page.get_by_role("button", name="Try it out").first.click()
+            page.wait_for_selector('.opblock.is-open input[type="file"]', timeout=10_000)
+        finally:
+            browser.close()
+    assert blocked == [], blocked
