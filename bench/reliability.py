@@ -6,8 +6,12 @@
    retrained artifact (same weights, new version) is swapped in every 10 s and a bad one
    (truncated, tampered, wrong format version) is dropped in between; every response must be
    200 or a deliberate 503, and must name a version that was really deployed.
-2. The hostile-input corpus of tests/hostile.py, each case followed by a valid request.
-3. SIGTERM while 16 requests are in flight: all must complete; a restart must come back ready.
+2. The hostile-input corpus of bench/hostile.py, each case followed by a valid request.
+3. Memory: two concurrent batches of 16 PNGs of 6000 x 6000 pixels (0.15 MB each on the wire);
+   peak RSS growth against the bound in the README.
+4. Slow clients: 200 idle sockets and 20 clients dripping a body one byte every 0.5 s while 4
+   clients send valid requests for 20 s: when each was cut off, and what the valid ones got.
+5. SIGTERM while 16 requests are in flight: all must complete; a restart must come back ready.
 RSS of the server is sampled throughout. Writes bench/results/reliability.{json,md}.
 """
 
@@ -27,6 +31,7 @@ import numpy as np
 
 from bench.fit_eval import machine
 from bench.hostile import build_corpus, send
+from bench.images import huge_png
 from bench.servers import rss_bytes, server_process
 from models.artifact import load_artifact, save_artifact
 
@@ -69,6 +74,100 @@ async def load(url: str, payloads: list[bytes], concurrency: int, seconds: float
                 k += concurrency
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))
+
+
+def memory_phase(url: str, pid: int, batches: int = 2, per_batch: int = 16) -> dict:
+    files = [("files", (f"h{i}.png", huge_png(6000, 6000), "image/png")) for i in range(per_batch)]
+    base, peak, done = rss_bytes(pid), rss_bytes(pid), threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes(pid))
+            time.sleep(0.01)
+
+    statuses: list[int] = []
+
+    def batch() -> None:
+        r = httpx.post(f"{url}/v1/models/line/inspect/batch", files=files, timeout=300)
+        statuses.extend([x.get("status", 200) for x in r.json()["results"]] if r.status_code == 200
+                        else [r.status_code] * per_batch)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=batch) for _ in range(batches)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    done.set()
+    sampler.join()
+    return {"images": batches * per_batch, "pixels_each": 36_000_000, "seconds": time.perf_counter() - t0,
+            "scored": statuses.count(200), "answered_503": statuses.count(503),
+            "peak_rss_growth_mb": (peak - base) / 2**20}
+
+
+def slow_phase(url: str, payload: bytes, idle_n: int = 200, drip_n: int = 20, seconds: float = 20.0) -> dict:
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    cut_idle: list[float] = []
+    cut_drip: list[tuple[float, bytes]] = []
+    t0 = time.perf_counter()
+
+    def idle() -> None:
+        with socket.create_connection((host, int(port))) as s:
+            s.settimeout(seconds + 5)
+            try:
+                s.recv(1)
+            except OSError:
+                pass
+            cut_idle.append(time.perf_counter() - t0)
+
+    def drip() -> None:
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/models/line/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/jpeg\r\n"
+                      b"content-length: 100000\r\n\r\n")
+            start, answer = time.perf_counter(), b""
+            s.settimeout(0.5)
+            while time.perf_counter() - t0 < seconds + 5 and not answer:
+                try:
+                    s.sendall(b"\0")
+                    answer = s.recv(200)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            cut_drip.append((time.perf_counter() - start, answer[:12]))
+
+    valid: list[tuple[int, float]] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.perf_counter() - t0 < seconds:
+                s = time.perf_counter()
+                try:
+                    code = c.post("/v1/models/line/inspect", content=payload,
+                                  headers={"content-type": "image/jpeg"}).status_code
+                except httpx.HTTPError:
+                    code = 0
+                valid.append((code, time.perf_counter() - s))
+
+    threads = [threading.Thread(target=f) for f in [idle] * idle_n + [drip] * drip_n + [client] * 4]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(seconds + 30)
+    codes: dict[int, int] = {}
+    for c, _ in valid:
+        codes[c] = codes.get(c, 0) + 1
+    lat = np.array([t for c, t in valid if c == 200]) * 1000
+    return {"idle_sockets": idle_n, "idle_cut": len(cut_idle), "idle_cut_after_s_max": max(cut_idle, default=-1),
+            "drippers": drip_n, "drip_408": sum(a.startswith(b"HTTP/1.1 408") for _, a in cut_drip),
+            "drip_cut_after_s_max": max((t for t, _ in cut_drip), default=-1), "valid_status_counts": codes,
+            "valid_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "valid_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
 
 
 def main() -> None:
@@ -153,6 +252,10 @@ def main() -> None:
                                  "rss_growth_mb": (rss_bytes(proc.pid) - base) / 2**20,
                                  "failures": [o for o in outcomes if not o["ok"]]}
             print({k: v for k, v in result["hostile"].items()}, flush=True)
+            result["memory"] = memory_phase(url, proc.pid)
+            print(result["memory"], flush=True)
+            result["slow"] = slow_phase(url, payloads[0])
+            print(result["slow"], flush=True)
             codes_term: list[int] = []
 
             def one() -> None:
@@ -182,7 +285,7 @@ def main() -> None:
         print(result["sigterm"], flush=True)
     out = ROOT / "bench" / "results"
     (out / "reliability.json").write_text(json.dumps(result, indent=2))
-    ld, ho, st = result["load"], result["hostile"], result["sigterm"]
+    ld, ho, st, me, sl = result["load"], result["hostile"], result["sigterm"], result["memory"], result["slow"]
     md = (f"Machine: {machine()}; command: `python -m bench.reliability --model {a.model}`\n\n"
           "| check | result |\n|---|---|\n"
           f"| load: concurrency {ld['concurrency']}, {ld['seconds']:.0f} s | {ld['requests']} requests, "
@@ -197,6 +300,14 @@ def main() -> None:
           f"{ld['rss_mb_start_end_max'][1]:.0f} / {ld['rss_mb_start_end_max'][2]:.0f} |\n"
           f"| hostile inputs | {ho['passed']} / {ho['cases']} got the documented status and a valid request after "
           f"each succeeded; RSS growth {ho['rss_growth_mb']:.1f} MB |\n"
+          f"| memory: 2 concurrent batches of 16 PNGs of 6000 x 6000 px | {me['scored']} scored, "
+          f"{me['answered_503']} answered 503 + Retry-After (decode budget busy) in {me['seconds']:.0f} s; peak RSS "
+          f"growth {me['peak_rss_growth_mb']:.0f} MB (bound 512 MB) |\n"
+          f"| slow clients: {sl['idle_sockets']} idle sockets, {sl['drippers']} bodies dripped 1 byte / 0.5 s, "
+          f"4 valid clients for 20 s | {sl['idle_cut']} idle cut, the last after {sl['idle_cut_after_s_max']:.1f} s "
+          f"(header deadline 10 s); {sl['drip_408']} drippers got 408, the last after "
+          f"{sl['drip_cut_after_s_max']:.1f} s (body deadline 2 s); valid requests {sl['valid_status_counts']}, "
+          f"p50 {sl['valid_p50_ms']:.0f} ms, p99 {sl['valid_p99_ms']:.0f} ms |\n"
           f"| SIGTERM with 16 requests in flight | {st['completed_200']} / 16 completed with 200; restart ready: "
           f"{st['restart_ready']} |\n")
     (out / "reliability.md").write_text(md)
