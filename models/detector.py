@@ -84,12 +84,15 @@ class CanvasPass(NamedTuple):
     """(B, S, S) smoothed anomaly maps (CPU)."""
     err: torch.Tensor
     """(B, h, w) raw patch errors on the feature grid (before any normalisation)."""
-    latents: torch.Tensor
-    """(B, h, w, n) sparse codes."""
+    values: torch.Tensor
+    """(B, h, w, k) activations of the k latents active at each patch."""
+    indices: torch.Tensor
+    """(B, h, w, k) which latents they are."""
 
 
-def patch_score(err: torch.Tensor, latents: torch.Tensor, normalize: str, stats: ScoreStats | None) -> torch.Tensor:
-    """(B, h, w) patch errors and (B, h, w, n) codes -> (B, h, w) anomaly score per patch.
+def patch_score(err: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, normalize: str,
+                stats: ScoreStats | None) -> torch.Tensor:
+    """(B, h, w) patch errors and (B, h, w, k) active latents -> (B, h, w) anomaly score per patch.
 
     'none': the raw error; 'position': its z-score against good patches at the same position;
     'position_novelty': that plus the z-score of the latents' novelty at that position.
@@ -98,7 +101,8 @@ def patch_score(err: torch.Tensor, latents: torch.Tensor, normalize: str, stats:
         return err
     score = normalize_positions(err, stats.err_mean, stats.err_std)
     if normalize == "position_novelty":
-        score = score + normalize_positions(latent_novelty(latents, stats.rarity), stats.nov_mean, stats.nov_std)
+        novelty = latent_novelty(values, indices, stats.rarity)
+        score = score + normalize_positions(novelty, stats.nov_mean, stats.nov_std)
     return score
 
 
@@ -246,12 +250,12 @@ class Detector:
         if scoring.normalize not in NORMALIZE_CHOICES:
             raise RuntimeError(f"scoring normalisation {scoring.normalize!r} is not resolved; fit_calibrated picks it")
         f = self.features(canvases)  # (B, h, w, C)
-        z, _ = self.sae.encode(f.flatten(0, 2))  # (B*h*w, n)
-        err = patch_error(f, self.sae.decode(z).view_as(f))  # (B, h, w)
-        z = z.view(*f.shape[:3], -1)  # (B, h, w, n)
-        maps = anomaly_maps(patch_score(err, z, scoring.normalize, self.score_stats),
+        values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
+        err = patch_error(f, self.sae.decode_topk(values, indices).view_as(f))  # (B, h, w)
+        values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
+        maps = anomaly_maps(patch_score(err, values, indices, scoring.normalize, self.score_stats),
                             self.config.preprocess.size, scoring.sigma)
-        return CanvasPass(maps.cpu(), err, z)
+        return CanvasPass(maps.cpu(), err, values, indices)
 
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) canvases -> (N, S, S) smoothed anomaly maps, in batches."""
@@ -300,7 +304,8 @@ class Detector:
                   for i in range(0, len(canvases), self.batch_size)]
         maps = torch.cat([p.maps for p in passes]).numpy()
         err = torch.cat([p.err for p in passes]).cpu()  # (N, h, w)
-        z = torch.cat([p.latents for p in passes]).cpu()  # (N, h, w, n)
+        z = TopKSAE.densify(torch.cat([p.values for p in passes]), torch.cat([p.indices for p in passes]),
+                            self.sae.n_latents).cpu()  # (N, h, w, n)
         result = self._inspection(stitch(maps, layout), layout)
         found = find_regions(result.anomaly_map, self.calibration.pixel_threshold, (1.0, 1.0), max_regions,
                              grid.min_region_area)

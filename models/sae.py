@@ -52,6 +52,20 @@ class TopKSAE(nn.Module):
         """(N, n) -> (N, d)"""
         return F.linear(z, self.W_dec, self.b_pre)
 
+    def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, d) -> the k active latents only: values (N, k) (ReLU'd) and indices (N, k). Inference path."""
+        values, indices = self.pre_activations(x).topk(self.k, dim=-1)
+        return F.relu(values), indices
+
+    def decode_topk(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """(N, k) values and indices -> (N, d): a weighted sum of k decoder atoms, not a dense product."""
+        return F.embedding_bag(indices, self.W_dec.t(), per_sample_weights=values, mode="sum") + self.b_pre
+
+    @staticmethod
+    def densify(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:
+        """(..., k) values and indices -> (..., n) dense codes."""
+        return values.new_zeros(*values.shape[:-1], n_latents).scatter_(-1, indices, values)
+
     def forward(self, x: torch.Tensor) -> SAEOutput:
         z, pre = self.encode(x)
         return SAEOutput(self.decode(z), z, pre)

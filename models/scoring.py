@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -9,16 +10,45 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
+
+
+def gaussian_kernel1d(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised 1-D Gaussian truncated at 4 sigma (as scipy and PatchCore do): (2 * ceil(4 sigma) + 1,)."""
+    half = math.ceil(4 * sigma)
+    x = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
+    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
+    return pdf / pdf.sum()
+
+
+def reference_maps(errors: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """The definition of the map: (N, h, w) patch errors -> bilinear upsampling to (size, size), then a
+    2-D Gaussian (truncated at 4 sigma, reflected borders). Slow; ``anomaly_maps`` computes the same."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    maps = F.interpolate(errors[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        ksize = len(gaussian_kernel1d(sigma))
+        maps = gaussian_blur(maps, [ksize, ksize], [sigma, sigma])
+    return maps[:, 0]
+
+
+@functools.lru_cache(maxsize=16)
+def map_operator(cells: int, size: int, sigma: float, device: str = "cpu") -> torch.Tensor:
+    """(size, cells) matrix A with reference_maps(E) = A @ E @ A.T: bilinear upsampling and reflected
+    Gaussian smoothing are both linear and separable, so they fold into one small matrix per axis."""
+    eye = torch.eye(cells)[:, None]  # each grid position as a 1-D signal: (cells, 1, cells)
+    up = F.interpolate(eye, size=size, mode="linear", align_corners=False)  # (cells, 1, size)
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma)
+        up = F.conv1d(F.pad(up, (len(k) // 2, len(k) // 2), mode="reflect"), k.view(1, 1, -1))
+    return up[:, 0].t().contiguous().to(device)
 
 
 def anomaly_maps(errors: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """(N, h, w) patch errors -> (N, size, size) maps, bilinear upsampled then Gaussian smoothed."""
-    maps = F.interpolate(errors[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        ksize = 2 * math.ceil(4 * sigma) + 1  # truncate at 4 sigma, as scipy and PatchCore do
-        maps = gaussian_blur(maps, [ksize, ksize], [sigma, sigma])
-    return maps[:, 0]
+    """(N, h, w) patch errors -> (N, size, size) maps: ``reference_maps`` as two small matrix products
+    on the feature grid (h x w), never a convolution at canvas resolution."""
+    a = map_operator(errors.shape[-1], size, float(sigma), str(errors.device))
+    return a @ errors.float() @ a.t()
 
 
 def fit_position_stats(values: torch.Tensor, cells: torch.Tensor, n_cells: int, min_count: int = 8,
@@ -63,10 +93,12 @@ def latent_rarity(counts: torch.Tensor, seen: torch.Tensor, prior: float = 10.0,
     return (-torch.log(rate + eps)).float()
 
 
-def latent_novelty(latents: torch.Tensor, rarity: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, n) sparse codes, (h, w, n) rarity -> (B, h, w) activation-weighted mean rarity
-    of the latents that fire: high where the patch uses atoms good products never use there."""
-    return (latents * rarity).sum(-1) / latents.sum(-1).clamp_min(1e-6)
+def latent_novelty(values: torch.Tensor, indices: torch.Tensor, rarity: torch.Tensor) -> torch.Tensor:
+    """Activation-weighted mean rarity of the latents that fire: high where a patch uses atoms good
+    products never use there. values, indices: (..., k) the active latents of each patch; rarity:
+    (..., n) of each patch's position, broadcastable to the patches (e.g. (h, w, n)). -> (...)."""
+    picked = rarity.expand(*values.shape[:-1], rarity.shape[-1]).gather(-1, indices)
+    return (values * picked).sum(-1) / values.sum(-1).clamp_min(1e-6)
 
 
 def image_score(work_map: np.ndarray, mode: str = "max", top_fraction: float = 0.01) -> float:

@@ -279,7 +279,7 @@ def fit_score_stats(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, n_cells: in
         active.index_add_(0, flat[i : i + chunk], (out.latents > 0).double())
     rarity = latent_rarity(active, torch.bincount(flat, minlength=n_cells * n_cells))
     table = rarity.view(n_cells * n_cells, -1)
-    nov = torch.cat([latent_novelty(sae.encode(x[i : i + chunk])[0], table[flat[i : i + chunk]])
+    nov = torch.cat([latent_novelty(*sae.encode_topk(x[i : i + chunk]), table[flat[i : i + chunk]])
                      for i in range(0, len(x), chunk)])  # pass 2: novelty of each good patch
     err_mean, err_std = fit_position_stats(torch.cat(errs), cells, n_cells)
     nov_mean, nov_std = fit_position_stats(nov, cells, n_cells)

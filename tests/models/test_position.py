@@ -47,13 +47,15 @@ def test_latent_rarity_and_novelty_flag_atoms_never_used_at_a_position():
     assert rarity[0, 0] < rarity[0, 1] < rarity[0, 2] and rarity[1, 1] < rarity[1, 0] < rarity[1, 2]
     z = torch.zeros(1, 1, 2, 3)
     z[0, 0, 0, 0] = z[0, 0, 1, 1] = 2.0  # each position uses its usual atom
-    usual = latent_novelty(z, rarity.view(1, 2, 3))
-    z_swapped = z.flip(2)  # the same atoms, each at the other position: a misplaced part
-    swapped = latent_novelty(z_swapped, rarity.view(1, 2, 3))
+    def novelty(codes: torch.Tensor) -> torch.Tensor:  # the one active latent of each patch
+        return latent_novelty(*codes.topk(1, dim=-1), rarity.view(1, 2, 3))
+
+    usual = novelty(z)
+    swapped = novelty(z.flip(2))  # the same atoms, each at the other position: a misplaced part
     assert (swapped > usual).all()
     z_new = torch.zeros(1, 1, 2, 3)
     z_new[..., 2] = 1.0  # an atom no good patch ever used
-    assert (latent_novelty(z_new, rarity.view(1, 2, 3)) > swapped).all()
+    assert (novelty(z_new) > swapped).all()
 
 
 def test_synthetic_defects_change_only_their_mask():

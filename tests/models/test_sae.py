@@ -43,3 +43,13 @@ def test_training_reduces_fvu_and_keeps_atoms_unit_norm():
     assert stats["fvu"] < 0.2
     torch.testing.assert_close(sae.W_dec.norm(dim=0), torch.ones(32), atol=1e-5, rtol=0)
     assert patch_error(x[:5], sae(x[:5]).x_hat).shape == (5,)
+
+
+def test_topk_inference_path_equals_the_dense_one():
+    """encode_topk + decode_topk (k atoms per patch) give the dense codes and reconstruction."""
+    sae = TopKSAE(24, 96, 5, seed=3)
+    x = torch.randn(200, 24, generator=torch.Generator().manual_seed(0))
+    z, _ = sae.encode(x)
+    values, indices = sae.encode_topk(x)
+    assert torch.equal(TopKSAE.densify(values, indices, sae.n_latents), z)
+    torch.testing.assert_close(sae.decode_topk(values, indices), sae.decode(z), atol=1e-5, rtol=1e-5)

@@ -66,3 +66,14 @@ def test_regions_boxes_in_original_pixels():
     assert len(regions) == 2
     big = regions[0]
     assert (big.x, big.y, big.width, big.height, big.area, big.peak) == (6, 4, 12, 6, 72, 2.0)
+
+
+@pytest.mark.parametrize("size, cells, sigma", [(256, 32, 4.0), (64, 8, 2.0), (128, 16, 0.0), (96, 12, 3.3)])
+def test_map_operator_equals_upsampling_then_2d_gaussian(size, cells, sigma):
+    """The cheap path (two small matrix products on the feature grid) equals the definition
+    (bilinear upsampling, then a 2-D Gaussian with reflected borders) to float precision."""
+    from models.scoring import reference_maps
+
+    err = torch.rand(3, cells, cells, generator=torch.Generator().manual_seed(1)) * 5
+    np.testing.assert_allclose(anomaly_maps(err, size, sigma).numpy(), reference_maps(err, size, sigma).numpy(),
+                               atol=2e-5, rtol=1e-5)

@@ -61,7 +61,7 @@ def test_score_reports_per_file(fitted, small_data, tmp_path, capsys):
 
 def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp_path):
     before = fitted.read_bytes()
-    new = tmp_path / "m2.safetensors"
+    new = tmp_path / "not" / "yet" / "m2.safetensors"  # --out into folders that do not exist yet
     assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(new), *FAST]) == 0
     assert fitted.read_bytes() == before
     old, det = Detector.from_artifact(fitted, "cpu"), Detector.from_artifact(new, "cpu")
