@@ -80,3 +80,24 @@ def test_watcher_picks_up_new_and_changed_artifacts(models_dir, detector):
         ready = c.get("/readyz").json()
         assert "junk" in ready["failed"] and "junk" not in ready["models"]
         assert c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR).status_code == 200
+
+
+def test_full_queue_gives_batches_back_pressure_too(models_dir):
+    """Batch images share the same queue: with it full, images get 503 (per image, or the whole batch
+    with Retry-After when none got in), and the service recovers."""
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, queue_size=1, max_batch_size=1)
+    files = [("files", (f"{i}.png", GOOD, "image/png")) for i in range(3)]
+    with running_server(settings) as url:
+        def send(_: int) -> httpx.Response:
+            return httpx.post(f"{url}/v1/models/parts/inspect/batch", files=files, timeout=60)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(send, range(12)))
+        whole = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded" for r in whole)
+        items = [x for r in responses if r.status_code == 200 for x in r.json()["results"]]
+        refused = [x for x in items if "score" not in x]
+        assert all(x["status"] == 503 and x["error"] == "overloaded" for x in refused)
+        assert whole or refused, "a full queue must push back on batch images"
+        assert any("score" in x for x in items)
+        assert send(0).status_code == 200
