@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
@@ -249,13 +250,17 @@ class Detector:
         scoring = self.config.scoring
         if scoring.normalize not in NORMALIZE_CHOICES:
             raise RuntimeError(f"scoring normalisation {scoring.normalize!r} is not resolved; fit_calibrated picks it")
-        f = self.features(canvases)  # (B, h, w, C)
-        values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
-        err = patch_error(f, self.sae.decode_topk(values, indices).view_as(f))  # (B, h, w)
-        values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
-        maps = anomaly_maps(patch_score(err, values, indices, scoring.normalize, self.score_stats),
-                            self.config.preprocess.size, scoring.sigma)
-        return CanvasPass(maps.cpu(), err, values, indices)
+        with record_function("features"):  # stage labels for torch.profiler (bench/cost.py); free otherwise
+            f = self.features(canvases)  # (B, h, w, C)
+        with record_function("sae_encode"):
+            values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
+        with record_function("sae_decode"):
+            err = patch_error(f, self.sae.decode_topk(values, indices).view_as(f))  # (B, h, w)
+        with record_function("maps"):
+            values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
+            maps = anomaly_maps(patch_score(err, values, indices, scoring.normalize, self.score_stats),
+                                self.config.preprocess.size, scoring.sigma)
+            return CanvasPass(maps.cpu(), err, values, indices)
 
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) canvases -> (N, S, S) smoothed anomaly maps, in batches."""

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -123,7 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         executor = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one device, one runner
+        app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         registry = ModelRegistry(settings, metrics, executor)
         app.state.registry = registry
         if not settings.models_dir.is_dir():
@@ -140,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watcher.cancel()
             await registry.close()
             executor.shutdown(wait=True)
+            app.state.decode_pool.shutdown(wait=True)
 
     app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")

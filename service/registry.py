@@ -26,6 +26,9 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+DEVICE_BATCH = {"cpu": 8, "cuda": 32}
+"""Micro-batch size when SAE_INSPECT_MAX_BATCH_SIZE is unset: on CPU batch 8 already reaches the
+batched throughput (bench/results/cost.md); a GPU needs larger batches to fill."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_RULE = ("a model name (the file stem) must be 1-64 ASCII letters, digits, '_', '.' or '-', start with a "
              "letter or digit and hold no '..'")
@@ -113,7 +116,8 @@ class ModelRegistry:
                     self.models[name].stamp = stamp  # don't retry the same bad file every poll
                 raise ArtifactError(msg) from e
             s = self.settings
-            batcher = MicroBatcher(name, det, self.executor, self.metrics, s.max_batch_size,
+            batch = s.max_batch_size or DEVICE_BATCH.get(det.device.type, 8)
+            batcher = MicroBatcher(name, det, self.executor, self.metrics, batch,
                                    s.max_wait_ms / 1000, s.queue_size)
             batcher.start()
             old = self.models.get(name)

@@ -11,7 +11,6 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from models.artifact import ArtifactError
@@ -101,7 +100,8 @@ async def _decode(request: Request, model: str, data: bytes, settings: Settings,
         async with budget.hold(header.pixels, settings.decode_wait_s):
             request.app.state.metrics.decode_pixels.set(budget.used)
             try:
-                return await run_in_threadpool(served.detector.decode, data, settings.max_pixels, "image")
+                return await asyncio.get_running_loop().run_in_executor(
+                    request.app.state.decode_pool, served.detector.decode, data, settings.max_pixels, "image")
             finally:
                 request.app.state.metrics.decode_pixels.set(budget.used - header.pixels)
     except ImageDecodeError as e:

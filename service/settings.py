@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -15,7 +16,8 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(Path("artifacts"), description="folder of *.safetensors artifacts, one per model")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
-    max_batch_size: int = Field(8, ge=1, le=256, description="images per micro-batch")
+    max_batch_size: int | None = Field(None, ge=1, le=256, description="images per micro-batch; unset = "
+                                       "chosen per device (8 on CPU, 32 on CUDA)")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait for more images before running a batch")
     queue_size: int = Field(64, ge=1, description="queued images per model before 503 + Retry-After")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="request bodies above this get 413")
@@ -23,6 +25,10 @@ class Settings(BaseSettings):
     max_decode_pixels: int = Field(48_000_000, ge=1, description="pixels being decoded at once across all "
                                    "requests; more waits up to decode_wait_s, then 503 + Retry-After")
     decode_wait_s: float = Field(10.0, ge=0, description="how long an image may wait for decoding capacity")
+    decode_threads: int = Field(min(4, os.cpu_count() or 1), ge=1, le=64,
+                                description="threads decoding uploads (a pool of its own, beside inference)")
+    torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads for inference; 0 = torch's "
+                               "default (one per core)")
     max_batch_files: int = Field(32, ge=1, description="files per /inspect/batch request")
     body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this "
                                   "time of the request's start (408)")

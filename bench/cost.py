@@ -1,0 +1,159 @@
+"""What inference costs beyond the backbone, in one process, in interleaved rounds.
+
+    python -m bench.cost --model bench/work/accuracy_magnetic_tile.safetensors
+
+For three image sizes (a 256 px part, a 900 x 900 part, a 4096 x 256 strip; generated parts
+saved as PNG) and batch 1 and 8, each round times, one after the other:
+  bare      the backbone's forward on prepared canvases (the ceiling);
+  maps      Detector.maps on decoded pictures;
+  inspect   Detector.inspect on decoded pictures;
+  file      decode + Detector.inspect from PNG bytes;
+  http      the service (a server process) at concurrency 1 (batch-1 rows) and 8 (batch-8 rows).
+The median over rounds is reported as images/s and as a ratio to `bare` of the same size and
+batch. A torch.profiler breakdown of Detector.canvas_pass (900 px, batch 8) gives each stage's
+share. Writes bench/results/cost.{json,md}. Run it on a quiet machine: ratios taken under load
+swing by a factor of two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.fit_eval import machine
+from bench.images import encode
+from bench.servers import server_process
+from bench.service_load import load
+from models.detector import Detector
+from models.features import to_batch
+from models.preprocess import make_canvases
+from models.synthetic import good_part
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"256 px part": (256, 256), "900x900 part": (900, 900), "4096x256 strip": (256, 4096)}
+
+
+def images_of(hw: tuple[int, int], n: int = 8) -> list[bytes]:
+    out = []
+    for i in range(n):
+        img = good_part(np.random.default_rng(100 + i))
+        out.append(encode(Image.fromarray(cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)), "PNG"))
+    return out
+
+
+def rate(fn: Callable[[], int], seconds: float) -> float:
+    """Images per second of `fn` (which returns how many images it handled), run for ~`seconds`."""
+    fn()  # warm
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        n += fn()
+    return n / (time.perf_counter() - t0)
+
+
+def profile(det: Detector, canvases: np.ndarray) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    det.canvas_pass(canvases)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            det.canvas_pass(canvases)
+    stages = ("backbone", "features", "sae_encode", "sae_decode", "maps")
+    totals = {e.key: e.cpu_time_total / 5 / 1e3 for e in prof.key_averages() if e.key in stages}
+    totals["features"] = totals.get("features", 0.0) - totals.get("backbone", 0.0)  # features wraps backbone
+    return {f"{k}_ms": totals.get(k, 0.0) for k in stages}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", type=Path, default=ROOT / "bench" / "work" / "accuracy_magnetic_tile.safetensors")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    if not a.model.is_file():
+        raise SystemExit(f"{a.model}: no such model; fit one with `python -m bench.accuracy` or `sae-inspect fit`")
+    torch.set_num_threads(torch.get_num_threads())
+    det = Detector.from_artifact(a.model, a.device)
+    cfg = det.config
+    data = {name: images_of(hw) for name, hw in SIZES.items()}
+    pictures = {name: [det.decode(b) for b in blobs] for name, blobs in data.items()}
+    canvases = {name: np.concatenate([make_canvases(p, cfg.preprocess)[0] for p in pics])
+                for name, pics in pictures.items()}
+
+    @torch.inference_mode()
+    def bare(name: str, bs: int) -> int:
+        x = to_batch(canvases[name][:bs], cfg.backbone.mean, cfg.backbone.std, det.device)
+        det.backbone(x)
+        return bs
+
+    stages: dict[str, Callable[[str, int], int]] = {
+        "bare": bare,
+        "maps": lambda name, bs: len(det.maps(pictures[name][:bs])),
+        "inspect": lambda name, bs: len(det.inspect(pictures[name][:bs])),
+        "file": lambda name, bs: len(det.inspect([det.decode(b) for b in data[name][:bs]])),
+    }
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(a.model, Path(d) / "line.safetensors")
+        with server_process(Path(d), SAE_INSPECT_DEVICE=a.device, SAE_INSPECT_QUEUE_SIZE="256") as (url, _):
+            for r in range(a.rounds):
+                for name in SIZES:
+                    for bs in (1, 8):
+                        for stage, fn in stages.items():
+                            samples.setdefault(f"{name}|{bs}|{stage}", []).append(
+                                rate(lambda fn=fn, name=name, bs=bs: fn(name, bs), a.seconds))
+                        conc = 1 if bs == 1 else 8
+                        row = asyncio.run(load(url, "line", data[name], conc, a.seconds * 2))
+                        samples.setdefault(f"{name}|{bs}|http", []).append(row["images_per_s"])
+                print(f"round {r + 1}/{a.rounds} done", flush=True)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    breakdown = profile(det, canvases["900x900 part"][:8])
+    cores, threads = os.cpu_count() or 1, {}
+    for t in sorted({1, max(1, cores // 2), cores}):  # intra-op threads for inference
+        torch.set_num_threads(t)
+        threads[t] = rate(lambda: stages["inspect"]("900x900 part", 8), a.seconds * 2)
+    torch.set_num_threads(cores)
+    result = {"machine": machine(), "model": a.model.name, "threads": torch.get_num_threads(),
+              "rounds": a.rounds, "seconds": a.seconds, "median_images_per_s": med, "samples": samples,
+              "canvas_pass_ms_batch8_900px": breakdown, "inspect_batch8_900px_by_threads": threads}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost.json").write_text(json.dumps(result, indent=2))
+    lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; model `{a.model.name}`; median of "
+             f"{a.rounds} interleaved rounds of {a.seconds:g} s per cell; command: `python -m bench.cost --model "
+             f"{a.model}`", "",
+             "images/s (ratio to the bare backbone forward of the same size and batch); http = the service at "
+             "concurrency 1 (batch 1 rows) or 8 (batch 8 rows)", "",
+             "| image | batch | bare forward | maps | inspect | decode + inspect | http |",
+             "|---|---|---|---|---|---|---|"]
+    for name in SIZES:
+        for bs in (1, 8):
+            b = med[f"{name}|{bs}|bare"]
+            cells = [f"{med[f'{name}|{bs}|{s}']:.1f} ({med[f'{name}|{bs}|{s}'] / b:.2f})"
+                     for s in ("maps", "inspect", "file", "http")]
+            lines.append(f"| {name} | {bs} | {b:.1f} | " + " | ".join(cells) + " |")
+    total = sum(breakdown.values())
+    lines += ["", "Where `Detector.canvas_pass` spends its time (900 x 900 part, batch 8, torch.profiler, ms per "
+              "batch): " + ", ".join(f"{k[:-3]} {v:.1f} ({v / total:.0%})" for k, v in breakdown.items())]
+    lines += ["", "Intra-op threads (inspect, 900 x 900, batch 8, images/s): "
+              + ", ".join(f"{t} thread{'s' if t > 1 else ''} {v:.1f}" for t, v in threads.items())]
+    (out / "cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
