@@ -9,75 +9,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.profiler import record_function
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
 from models.config import NORMALIZE_CHOICES, ModelConfig
 from models.explain import Atlas, RegionExplanation, box_cells, explain_region
-from models.features import extract_features, standardize
+from models.features import to_device
 from models.geometry import FeatureGrid
-from models.imageio import DEFAULT_MAX_PIXELS, decode_image, read_image
-from models.preprocess import Layout, Picture, make_canvases, stitch, valid_cells
-from models.sae import TopKSAE, patch_error
+from models.inspection import Calibration, Inspection, Scorer
+from models.net import ScoreStats, ScoringNet
+from models.preprocess import Picture, make_canvases, stitch, valid_cells
+from models.sae import TopKSAE
 from models.scoring import (
-    Region,
-    anomaly_maps,
-    conformal_p_value,
     find_regions,
-    image_score,
-    latent_novelty,
-    normalize_positions,
 )
-
-
-@dataclass(frozen=True)
-class Calibration:
-    alpha: float
-    """Target false-alarm rate of the image decision."""
-    threshold: float
-    """Split-conformal threshold: the ceil((n+1)(1-alpha))-th smallest calibration score."""
-    scores: tuple[float, ...]
-    """Sorted image scores of the held-out good calibration images."""
-    pixel_threshold: float
-    """Map value above which a pixel belongs to a defect region."""
-    pixel_quantile: float
-    """Quantile of calibration-image map pixels that set `pixel_threshold`."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if list(self.scores) != sorted(self.scores):
-            raise ValueError("calibration scores must be sorted")
-
-
-class ScoreStats(NamedTuple):
-    """What the fit learned from good training patches for scoring, per feature-grid position."""
-
-    err_mean: torch.Tensor  # (cells, cells) patch error
-    err_std: torch.Tensor  # (cells, cells)
-    rarity: torch.Tensor  # (cells, cells, n) -log firing rate of each latent at each position
-    nov_mean: torch.Tensor  # (cells, cells) latent novelty
-    nov_std: torch.Tensor  # (cells, cells)
-
-    def to(self, device: torch.device | str) -> ScoreStats:
-        return ScoreStats(*(t.to(device) for t in self))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"score.{k}": v for k, v in self._asdict().items()}
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> ScoreStats | None:
-        return cls(*(t[f"score.{k}"] for k in cls._fields)) if "score.err_mean" in t else None
 
 
 class CanvasPass(NamedTuple):
@@ -89,33 +42,6 @@ class CanvasPass(NamedTuple):
     """(B, h, w, k) activations of the k latents active at each patch."""
     indices: torch.Tensor
     """(B, h, w, k) which latents they are."""
-
-
-def patch_score(err: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, normalize: str,
-                stats: ScoreStats | None) -> torch.Tensor:
-    """(B, h, w) patch errors and (B, h, w, k) active latents -> (B, h, w) anomaly score per patch.
-
-    'none': the raw error; 'position': its z-score against good patches at the same position;
-    'position_novelty': that plus the z-score of the latents' novelty at that position.
-    """
-    if normalize == "none":
-        return err
-    score = normalize_positions(err, stats.err_mean, stats.err_std)
-    if normalize == "position_novelty":
-        novelty = latent_novelty(values, indices, stats.rarity)
-        score = score + normalize_positions(novelty, stats.nov_mean, stats.nov_std)
-    return score
-
-
-class Inspection(NamedTuple):
-    score: float
-    threshold: float
-    p_value: float
-    anomalous: bool
-    anomaly_map: np.ndarray
-    """(work_h, work_w) float32 map on the scaled image; see ``layout``."""
-    layout: Layout
-    regions: list[Region]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -135,7 +61,7 @@ def _sha256_cached(backbone: Backbone) -> str:
     return backbone.weights_sha256
 
 
-class Detector:
+class Detector(Scorer):
     """A fitted detector. Complete when constructed and never changed afterwards: use
     ``replace`` to get a detector that differs (e.g. calibrated); it keeps everything else."""
 
@@ -161,6 +87,9 @@ class Detector:
             "meta": MappingProxyType(copy.deepcopy(dict(meta or {}))), "atlas": atlas, "batch_size": batch_size,
             "_cal_scores": np.asarray(calibration.scores) if calibration else None,
         }
+        if config.scoring.normalize in NORMALIZE_CHOICES:
+            fields["net"] = ScoringNet(config, backbone, fields["feat_mean"], fields["feat_std"], fields["sae"],
+                                       fields["score_stats"]).eval()
         for k, v in fields.items():
             object.__setattr__(self, k, v)
 
@@ -228,76 +157,27 @@ class Detector:
     def version(self) -> str:
         return str(self.meta.get("version", "unversioned"))
 
-    # ---- decoding for this model's geometry ------------------------------------------
-    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Picture:
-        """Image file bytes -> a picture reduced at decode for this model's work image (see models.imageio)."""
-        return decode_image(data, self.config.preprocess, max_pixels, source)
-
-    def read(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-        return read_image(path, self.config.preprocess, max_pixels)
-
     # ---- maths: one path from canvases to maps --------------------------------------
+    @torch.inference_mode()
     def features(self, canvases: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) canvases -> standardised (N, h, w, C) patch features."""
-        cfg = self.config
-        f = extract_features(self.backbone, canvases, cfg.backbone.mean, cfg.backbone.std,
-                             cfg.scoring.pool, self.device)
-        return standardize(f, self.feat_mean, self.feat_std)
+        return self.net.features(to_device(canvases, self.device))
 
     @torch.inference_mode()
     def canvas_pass(self, canvases: np.ndarray) -> CanvasPass:
-        """(B, S, S, 3) canvases -> maps, patch errors and sparse codes: the one scoring path."""
-        scoring = self.config.scoring
-        if scoring.normalize not in NORMALIZE_CHOICES:
-            raise RuntimeError(f"scoring normalisation {scoring.normalize!r} is not resolved; fit_calibrated picks it")
-        with record_function("features"):  # stage labels for torch.profiler (bench/cost.py); free otherwise
-            f = self.features(canvases)  # (B, h, w, C)
-        with record_function("sae_encode"):
-            values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
-        with record_function("sae_decode"):
-            err = patch_error(f, self.sae.decode_topk(values, indices).view_as(f))  # (B, h, w)
-        with record_function("maps"):
-            values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
-            maps = anomaly_maps(patch_score(err, values, indices, scoring.normalize, self.score_stats),
-                                self.config.preprocess.size, scoring.sigma)
-            return CanvasPass(maps.cpu(), err, values, indices)
+        """(B, S, S, 3) canvases -> maps, patch errors and sparse codes: the one scoring path
+        (``models.net.ScoringNet``, which the ONNX export also traces)."""
+        if self.config.scoring.normalize not in NORMALIZE_CHOICES:
+            raise RuntimeError(f"scoring normalisation {self.config.scoring.normalize!r} is not resolved; "
+                               "fit_calibrated picks it")
+        maps, err, values, indices = self.net(to_device(canvases, self.device))
+        return CanvasPass(maps.cpu(), err, values, indices)
 
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) canvases -> (N, S, S) smoothed anomaly maps, in batches."""
         out = [self.canvas_pass(canvases[i : i + self.batch_size]).maps
                for i in range(0, len(canvases), self.batch_size)]
         return torch.cat(out).numpy()
-
-    def maps(self, images: list[Picture | np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
-        """Images -> (work map, layout) each; all canvases of all images go through one batch loop."""
-        prepared = [make_canvases(img, self.config.preprocess) for img in images]
-        if not prepared:
-            return []
-        all_maps = self.canvas_maps(np.concatenate([c for c, _ in prepared]))
-        out, start = [], 0
-        for canvases, layout in prepared:
-            out.append((stitch(all_maps[start : start + len(canvases)], layout), layout))
-            start += len(canvases)
-        return out
-
-    def score_map(self, work_map: np.ndarray) -> float:
-        s = self.config.scoring
-        return image_score(work_map, s.image_score, s.top_fraction)
-
-    def _inspection(self, work_map: np.ndarray, layout: Layout) -> Inspection:
-        cal = self.calibration
-        score = self.score_map(work_map)
-        (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
-        regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self.grid.min_region_area)
-        return Inspection(score, cal.threshold, conformal_p_value(score, self._cal_scores),
-                          bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
-                          work_map, layout, regions)
-
-    def inspect(self, images: list[Picture | np.ndarray]) -> list[Inspection]:
-        """Score decoded pictures (or (H, W, 3) uint8/float images); needs a calibrated detector."""
-        if self.calibration is None:
-            raise RuntimeError("detector is not calibrated")
-        return [self._inspection(work_map, layout) for work_map, layout in self.maps(images)]
 
     def explain(self, image: Picture | np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
         """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""

@@ -14,16 +14,24 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 
+def to_device(canvases: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) float RGB canvases -> the same as a float32 tensor on `device`: one transfer per batch,
+    from pinned memory without blocking on CUDA."""
+    x = torch.from_numpy(np.ascontiguousarray(canvases, dtype=np.float32))
+    return x.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else x.to(device)
+
+
+def normalize_canvases(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] -> (N, 3, H, W) normalised with the backbone's (1, 3, 1, 1) mean and std."""
+    return (x.permute(0, 3, 1, 2) - mean) / std
+
+
 def to_batch(canvases: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
              device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, H, W, 3) float RGB in [0, 1] -> normalised (N, 3, H, W) tensor on `device`: one transfer per
-    batch, from pinned memory without blocking on CUDA."""
-    x = torch.from_numpy(np.ascontiguousarray(canvases, dtype=np.float32))
-    x = x.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else x.to(device)
-    x = x.permute(0, 3, 1, 2)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    """(N, H, W, 3) float RGB in [0, 1] -> normalised (N, 3, H, W) tensor on `device`."""
+    x = to_device(canvases, device)
+    return normalize_canvases(x, torch.tensor(mean, device=x.device).view(1, 3, 1, 1),
+                              torch.tensor(std, device=x.device).view(1, 3, 1, 1))
 
 
 def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
@@ -43,8 +51,13 @@ def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
                      std: tuple[float, ...], pool: int, device: torch.device) -> torch.Tensor:
     """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (autocast fp16 on CUDA)."""
-    x = to_batch(canvases, mean, std, device)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"), record_function("backbone"):
+    return backbone_features(backbone, to_batch(canvases, mean, std, device), pool)
+
+
+def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int) -> torch.Tensor:
+    """Normalised (N, 3, S, S) batch -> raw (N, h, w, C) patch features (backbone in fp16 autocast on CUDA)."""
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=x.device.type == "cuda"), \
+            record_function("backbone"):
         maps = backbone(x)
     return patch_features(maps, pool).permute(0, 2, 3, 1)
 

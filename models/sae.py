@@ -57,8 +57,12 @@ class TopKSAE(nn.Module):
         values, indices = self.pre_activations(x).topk(self.k, dim=-1)
         return F.relu(values), indices
 
-    def decode_topk(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """(N, k) values and indices -> (N, d): a weighted sum of k decoder atoms, not a dense product."""
+    def decode_topk(self, values: torch.Tensor, indices: torch.Tensor, portable: bool = False) -> torch.Tensor:
+        """(N, k) values and indices -> (N, d): a weighted sum of k decoder atoms, not a dense product.
+        `portable`: the same sum as a gather and a batched product, which ONNX expresses without a loop."""
+        if portable:
+            atoms = self.W_dec.t()[indices]  # (N, k, d)
+            return (values.unsqueeze(1) @ atoms).squeeze(1) + self.b_pre
         return F.embedding_bag(indices, self.W_dec.t(), per_sample_weights=values, mode="sum") + self.b_pre
 
     @staticmethod

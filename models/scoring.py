@@ -47,7 +47,11 @@ def map_operator(cells: int, size: int, sigma: float, device: str = "cpu") -> to
 def anomaly_maps(errors: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """(N, h, w) patch errors -> (N, size, size) maps: ``reference_maps`` as two small matrix products
     on the feature grid (h x w), never a convolution at canvas resolution."""
-    a = map_operator(errors.shape[-1], size, float(sigma), str(errors.device))
+    return apply_map_operator(map_operator(errors.shape[-1], size, float(sigma), str(errors.device)), errors)
+
+
+def apply_map_operator(a: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+    """(S, h) operator, (N, h, h) patch scores -> (N, S, S) maps."""
     return a @ errors.float() @ a.t()
 
 

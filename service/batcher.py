@@ -17,8 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models.detector import Detector, Inspection
+from models.detector import Detector
 from models.explain import RegionExplanation
+from models.inspection import Inspection
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)

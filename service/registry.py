@@ -21,6 +21,8 @@ import numpy as np
 from models.artifact import SUFFIX, ArtifactError
 from models.backbone import BackboneError
 from models.detector import Detector
+from models.portable import SUFFIX as ONNX_SUFFIX
+from models.portable import PortableDetector
 from service.batcher import MicroBatcher
 from service.metrics import Metrics
 from service.settings import Settings
@@ -69,14 +71,26 @@ class ModelRegistry:
         self._failed_stamps: dict[str, tuple[int, int]] = {}
 
     def artifact_files(self) -> dict[str, Path]:
-        """Servable artifacts by model name; unservable ones are logged once and listed in `ignored`."""
+        """Servable artifacts (.safetensors, or exported .onnx) by model name; unservable ones are logged
+        once and listed in `ignored`. With both files for one name, `prefer_runtime` picks."""
         d = self.settings.models_dir
-        found = sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file()) if d.is_dir() else []
-        ignored = {p.name: NAME_RULE for p in found if not valid_name(p.name.removesuffix(SUFFIX))}
+        found = sorted(p for suffix in (SUFFIX, ONNX_SUFFIX) for p in d.glob(f"*{suffix}") if p.is_file()) \
+            if d.is_dir() else []
+        ignored = {p.name: NAME_RULE for p in found if not valid_name(p.stem)}
+        preferred = ONNX_SUFFIX if self.settings.prefer_runtime == "onnxruntime" else SUFFIX
+        stems = {}
+        for p in found:
+            if p.name not in ignored:
+                stems.setdefault(p.stem, []).append(p)
+        for paths in stems.values():
+            if len(paths) > 1:
+                for p in paths:
+                    if p.suffix != preferred:
+                        ignored[p.name] = f"a {preferred} file of the same name is served (SAE_INSPECT_PREFER_RUNTIME)"
         for fname in ignored.keys() - self.ignored.keys():
             log.warning("models folder: not serving %r: %s", fname, NAME_RULE)
         self.ignored = ignored
-        return {p.name.removesuffix(SUFFIX): p for p in found if p.name not in ignored}
+        return {p.stem: p for p in found if p.name not in ignored}
 
     @property
     def ready(self) -> bool:
@@ -90,8 +104,14 @@ class ModelRegistry:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
 
-    def _load_and_warm(self, path: Path) -> Detector:
-        det = Detector.from_artifact(path, self.settings.device)
+    def _load_and_warm(self, path: Path) -> Detector | PortableDetector:
+        if path.suffix == ONNX_SUFFIX:
+            try:
+                det = PortableDetector(path)
+            except ImportError as e:
+                raise ArtifactError(f"{path.name}: serving .onnx needs onnxruntime (pip install onnxruntime)") from e
+        else:
+            det = Detector.from_artifact(path, self.settings.device)
         if det.calibration is None:
             raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
         det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs
@@ -116,7 +136,8 @@ class ModelRegistry:
                     self.models[name].stamp = stamp  # don't retry the same bad file every poll
                 raise ArtifactError(msg) from e
             s = self.settings
-            batch = s.max_batch_size or DEVICE_BATCH.get(det.device.type, 8)
+            device = getattr(det, "device", None)
+            batch = s.max_batch_size or DEVICE_BATCH.get(device.type if device is not None else "cpu", 8)
             batcher = MicroBatcher(name, det, self.executor, self.metrics, batch,
                                    s.max_wait_ms / 1000, s.queue_size)
             batcher.start()

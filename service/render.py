@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from models.detector import Inspection
+from models.inspection import Inspection
 from models.preprocess import Picture
 
 

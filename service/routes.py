@@ -123,7 +123,7 @@ def _response(request: Request, name: str, image: Picture, result: Result, filen
         hm = schemas.Heatmap(format=heatmap, width=w, height=h, data=b64(data), pixel_threshold=pix)
     return schemas.Inspection(
         request_id=request.scope["state"]["request_id"], model=name, model_version=det.version,
-        filename=filename, score=r.score, threshold=r.threshold, p_value=r.p_value,
+        filename=filename, score=r.score, threshold=r.threshold, alpha=r.alpha, p_value=r.p_value,
         verdict="anomalous" if r.anomalous else "good", image_width=r.layout.original_hw[1],
         image_height=r.layout.original_hw[0], regions=[schemas.RegionOut(**x._asdict()) for x in r.regions],
         timings=schemas.Timings(decode_ms=decode_s * 1e3, queue_ms=result.queue_seconds * 1e3,
@@ -150,7 +150,8 @@ def _explanation(det, regions, seconds: float) -> schemas.Explanation:
 def _require_atlas(registry: ModelRegistry, name: str) -> None:
     served = registry.models.get(name)
     if served is not None and served.detector.atlas is None:
-        raise HTTPException(422, f"model {name!r} has no latent atlas (fitted by an older version); refit it")
+        raise HTTPException(422, f"model {name!r} has no latent atlas (an ONNX export, or fitted by an older "
+                                 "version): explain needs its .safetensors artifact")
 
 
 async def _submit(registry: ModelRegistry, name: str, image: Picture, explain: bool = False) -> Result:
@@ -249,8 +250,8 @@ def _card(served: Served) -> schemas.ModelCard:
                                                "dataset_fingerprint", "parent_version", "fit_stats",
                                                "calibration_split", "backbone_sha256", "scoring_selection")}
     return schemas.ModelCard(
-        name=served.name, version=det.version, backbone=cfg.backbone.name, stages=list(cfg.backbone.stages),
-        preprocess=vars(cfg.preprocess), sae={**vars(cfg.sae), "d_in": det.sae.d_in, "n_latents": det.sae.n_latents},
+        name=served.name, version=det.version, runtime=getattr(det, "runtime", "pytorch"), backbone=cfg.backbone.name,
+        stages=list(cfg.backbone.stages), preprocess=vars(cfg.preprocess), sae=vars(cfg.sae),
         scoring=vars(cfg.scoring),
         threshold=cal.threshold, pixel_threshold=cal.pixel_threshold, alpha=cal.alpha,
         calibration_size=len(cal.scores), calibration_scores=list(cal.scores), provenance=provenance,

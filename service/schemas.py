@@ -74,6 +74,7 @@ class Inspection(BaseModel):
     filename: str | None = None
     score: float
     threshold: float
+    alpha: float = Field(description="false-alarm rate of the operating point the verdict used")
     p_value: float = Field(description="conformal p-value: (1 + #calibration scores >= score) / (n + 1)")
     verdict: Literal["good", "anomalous"]
     image_width: int
@@ -103,6 +104,8 @@ class BatchInspection(BaseModel):
 class ModelCard(BaseModel):
     name: str
     version: str
+    runtime: Literal["pytorch", "onnxruntime"] = Field(description="what runs the model: a .safetensors "
+                                                       "artifact (PyTorch) or an exported .onnx (ONNX Runtime)")
     backbone: str
     stages: list[int]
     preprocess: dict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,8 @@ class Settings(BaseSettings):
                                     "headers within this time of opening (or of its previous response)")
     keepalive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(256, ge=1, description="open connections; more are answered 503 and closed")
+    prefer_runtime: Literal["pytorch", "onnxruntime"] = Field(
+        "pytorch", description="which file serves a model that has both a .safetensors and an exported .onnx")
     api_key: SecretStr | None = Field(None, description="bearer key for admin routes; unset = admin disabled")
     watch_interval_s: float = Field(2.0, ge=0, description="poll the models folder this often; 0 = off")
     heatmap_max_side: int = Field(512, ge=16, description="longest side of returned heat maps")

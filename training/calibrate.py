@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.detector import Calibration, Detector
+from models.detector import Detector
+from models.inspection import Calibration
 from models.scoring import conformal_rank, conformal_threshold
 from training.fit import iter_images
 

@@ -123,7 +123,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    det = Detector.from_artifact(a.model, a.device)
+    from models.portable import load_scorer
+
+    det = load_scorer(a.model, a.device, a.alpha)
+    runtime = getattr(det, "runtime", "pytorch")
     failures = 0
     for f in a.files:
         try:
@@ -134,11 +137,26 @@ def cmd_score(a: argparse.Namespace) -> int:
             continue
         verdict = "anomalous" if r.anomalous else "good"
         if a.json:
-            print(json.dumps({"file": f, "score": r.score, "threshold": r.threshold, "p_value": r.p_value,
-                              "verdict": verdict, "regions": [x._asdict() for x in r.regions]}))
+            print(json.dumps({"file": f, "score": r.score, "threshold": r.threshold, "alpha": r.alpha,
+                              "p_value": r.p_value, "verdict": verdict, "runtime": runtime,
+                              "regions": [x._asdict() for x in r.regions]}))
         else:
-            print(f"{f}\tscore={r.score:.6g}\tthreshold={r.threshold:.6g}\tp={r.p_value:.4f}\t{verdict}")
+            print(f"{f}\tscore={r.score:.6g}\tthreshold={r.threshold:.6g}\talpha={r.alpha:g}\tp={r.p_value:.4f}\t"
+                  f"{verdict}")
     return 1 if failures else 0
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from training.data import good_images
+    from training.export import TOLERANCE, export_onnx
+
+    det = Detector.from_artifact(a.model, "cpu")
+    images = good_images(a.images)
+    step = max(1, len(images) // 64)
+    summary = export_onnx(det, Path(a.model), Path(a.out), images[::step][:64], a.tolerance or TOLERANCE)
+    log.info("wrote %s (%.1f MB): scores of %d images match PyTorch within %.1e x the threshold (worst %s)",
+             a.out, summary["bytes"] / 2**20, summary["images"], summary["max_score_gap_over_threshold"],
+             summary["worst_image"])
 
 
 def cmd_explain(a: argparse.Namespace) -> None:
@@ -215,7 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--device", default="auto")
+    s.add_argument("--alpha", type=float, help="decide at this false-alarm rate instead of the calibrated one "
+                   "(threshold re-derived from the stored calibration scores; works on .onnx exports too)")
     s.set_defaults(func=cmd_score)
+
+    o = sub.add_parser("export", help="one ONNX file with threshold and preprocessing inside, validated")
+    o.add_argument("model", help=".safetensors artifact")
+    o.add_argument("--out", required=True, help=".onnx file to write")
+    o.add_argument("--images", required=True, nargs="+",
+                   help="good images (folders or MVTec category) to validate the export on (up to 64 used)")
+    o.add_argument("--tolerance", type=float, default=None,
+                   help="largest accepted score difference as a fraction of the threshold (default 1e-3)")
+    o.set_defaults(func=cmd_export)
 
     x = sub.add_parser("explain", help="write an explanation image: heat map, regions, atlas crops")
     x.add_argument("model")

@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from models.backbone import Backbone
 from models.config import ModelConfig, PreprocessConfig
-from models.detector import Detector, ScoreStats, shared_backbone
+from models.detector import Detector, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
+from models.net import ScoreStats
 from models.preprocess import Picture, make_canvases, valid_cells
 from models.sae import TopKSAE, auxk_loss, fvu, patch_error
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity

@@ -53,3 +53,4 @@ def test_topk_inference_path_equals_the_dense_one():
     values, indices = sae.encode_topk(x)
     assert torch.equal(TopKSAE.densify(values, indices, sae.n_latents), z)
     torch.testing.assert_close(sae.decode_topk(values, indices), sae.decode(z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode_topk(values, indices, portable=True), sae.decode(z), atol=1e-5, rtol=1e-5)

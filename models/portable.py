@@ -1,0 +1,149 @@
+"""An exported model: one ONNX file with everything needed to score and decide, and its reader.
+
+The graph (``sae-inspect export``) maps (N, S, S, 3) canvases in [0, 1] to (N, S, S) anomaly
+maps: backbone, normalisation, patch features, standardisation, SAE, per-position scoring and
+smoothing are all inside. One metadata entry (``sae_inspect``, JSON) holds the model config
+(geometry, scoring), the calibration (alpha, threshold, sorted calibration scores, pixel
+threshold), version, provenance and the sha256 of the artifact it came from; a second
+(``sae_inspect_digest``) is the sha256 of the file with that entry left out, so a tampered
+file is refused like a tampered artifact.
+
+``PortableDetector`` reads such a file with ONNX Runtime (an optional dependency: ``pip install
+onnxruntime``) and is a ``Scorer``: the decode, geometry, stitching, image score, regions and
+conformal decision are the same code the PyTorch detector runs. ``with_alpha`` moves the
+operating point using the stored calibration scores, without re-exporting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from models.artifact import ArtifactError
+from models.config import ModelConfig
+from models.geometry import FeatureGrid
+from models.inspection import Calibration, Scorer
+
+SUFFIX = ".onnx"
+META_KEY = "sae_inspect"
+DIGEST_KEY = "sae_inspect_digest"
+FORMAT = "sae-inspect-onnx/1"
+INPUT, OUTPUT = "canvases", "maps"
+
+
+def content_digest(model: Any) -> str:
+    """sha256 of an ONNX ModelProto serialised without its digest entry."""
+    kept = [p for p in model.metadata_props if p.key != DIGEST_KEY]
+    clone = type(model)()
+    clone.CopyFrom(model)
+    del clone.metadata_props[:]
+    clone.metadata_props.extend(kept)
+    return hashlib.sha256(clone.SerializeToString(deterministic=True)).hexdigest()
+
+
+def seal(model: Any, meta: dict[str, Any]) -> None:
+    """Write the metadata and the digest into an ONNX ModelProto (in place)."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps({"format": FORMAT, **meta}, sort_keys=True)
+    digest = content_digest(model)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = DIGEST_KEY, digest
+
+
+def read_sealed(data: bytes, source: str) -> tuple[Any, dict[str, Any]]:
+    """ONNX file bytes -> (ModelProto, metadata); ArtifactError if not ours, unsealed or tampered."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for garbage
+        raise ArtifactError(f"{source}: not an ONNX file ({type(e).__name__})") from e
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props or DIGEST_KEY not in props:
+        raise ArtifactError(f"{source}: not an SAE Inspect export (no {META_KEY} metadata)")
+    if content_digest(model) != props[DIGEST_KEY]:
+        raise ArtifactError(f"{source}: digest mismatch: the file was modified after export")
+    meta = json.loads(props[META_KEY])
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"{source}: export format {meta.get('format')!r}, this reader reads {FORMAT!r}")
+    return model, meta
+
+
+class PortableDetector(Scorer):
+    """Scores with an exported ONNX model; same decisions as ``Detector`` within the export tolerance."""
+
+    runtime = "onnxruntime"
+    atlas = None  # explanations need the PyTorch artifact
+
+    def __init__(self, path: str | Path, alpha: float | None = None, providers: list[str] | None = None,
+                 batch_size: int = 16):
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ArtifactError(f"{path}: cannot read ({e.strerror})") from e
+        model, meta = read_sealed(data, str(path))
+        try:
+            self.config = ModelConfig.from_dict(meta["config"])
+            cal = Calibration(**{**meta["calibration"], "scores": tuple(meta["calibration"]["scores"])})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{path}: inconsistent export metadata ({type(e).__name__}: {e})") from e
+        self.calibration = cal.with_alpha(alpha) if alpha is not None else cal
+        self._cal_scores = np.asarray(self.calibration.scores)
+        self.grid = FeatureGrid.of(self.config)
+        self.meta = MappingProxyType({k: v for k, v in meta.items() if k not in ("config", "calibration")})
+        self.batch_size, self.path = batch_size, path
+        self.session = ort.InferenceSession(data, providers=providers or ["CPUExecutionProvider"])
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unversioned"))
+
+    def with_alpha(self, alpha: float) -> PortableDetector:
+        """The same model at another operating point (threshold from the stored calibration scores)."""
+        other = object.__new__(PortableDetector)
+        other.__dict__.update(self.__dict__)
+        other.calibration = self.calibration.with_alpha(alpha)
+        other._cal_scores = np.asarray(other.calibration.scores)
+        return other
+
+    def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
+        out = [self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(canvases[i : i + self.batch_size],
+                                                                      dtype=np.float32)})[0]
+               for i in range(0, len(canvases), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0,) * 3, np.float32)
+
+    def explain(self, *_: Any, **__: Any) -> Any:
+        raise RuntimeError("an exported model has no latent atlas; explain with the .safetensors artifact")
+
+
+def export_metadata(config: ModelConfig, calibration: Calibration, meta: dict[str, Any],
+                    artifact_sha256: str) -> dict[str, Any]:
+    """What an export carries besides the graph (see the module docstring)."""
+    return {"config": config.to_dict(), "calibration": dataclasses.asdict(calibration),
+            "version": meta.get("version", "unversioned"), "name": meta.get("name"),
+            "created": meta.get("created"), "code_version": meta.get("code_version"),
+            "artifact_sha256": artifact_sha256, "input": INPUT, "output": OUTPUT,
+            "input_layout": "N x size x size x 3 float32 RGB in [0, 1] (canvases of models.preprocess)"}
+
+
+def load_scorer(path: str | Path, device: str = "auto", alpha: float | None = None) -> Any:
+    """A `.safetensors` artifact (PyTorch) or an exported `.onnx` file (ONNX Runtime), optionally at
+    another operating point `alpha`; both score and decide through the same ``Scorer`` code."""
+    from models.detector import Detector
+
+    if Path(path).suffix == SUFFIX:
+        return PortableDetector(path, alpha)
+    det = Detector.from_artifact(path, device)
+    if alpha is not None and det.calibration is not None:
+        det = det.replace(calibration=det.calibration.with_alpha(alpha))
+    return det

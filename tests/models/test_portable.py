@@ -1,0 +1,126 @@
+"""ONNX export: one sealed file that scores, maps and decides like the PyTorch detector."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.artifact import ArtifactError
+from models.imageio import list_images
+from models.portable import DIGEST_KEY, META_KEY, PortableDetector, load_scorer
+from models.scoring import conformal_threshold
+from training.export import TOLERANCE, export_onnx
+
+pytest.importorskip("onnxruntime")
+REAL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic_tile"
+
+
+@pytest.fixture(scope="module")
+def exported(detector, artifact, dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "parts.onnx"
+    summary = export_onnx(detector, artifact, out, list_images(dataset / "train" / "good")[:8])
+    assert summary["images"] == 8 and summary["max_score_gap_over_threshold"] <= TOLERANCE
+    return out
+
+
+def _compare(detector, portable, pictures):
+    a, b = detector.inspect(pictures), portable.inspect(pictures)
+    thr = detector.calibration.threshold
+    for x, y in zip(a, b, strict=True):
+        assert abs(x.score - y.score) <= TOLERANCE * thr
+        assert x.anomalous == y.anomalous and x.p_value == pytest.approx(y.p_value, abs=0.02)
+        np.testing.assert_allclose(x.anomaly_map, y.anomaly_map, atol=1e-3 * thr)
+        assert x.layout == y.layout
+
+
+def test_onnx_runtime_matches_pytorch_on_generated_parts(detector, exported, dataset):
+    portable = PortableDetector(exported)
+    pictures = [detector.read(p) for p in list_images(dataset / "test")]
+    _compare(detector, portable, pictures)
+    assert sum(r.anomalous for r in portable.inspect(pictures)) > 0  # the defects are found
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared datasets not present")
+def test_onnx_runtime_matches_pytorch_on_real_images(detector, exported):
+    portable = PortableDetector(exported)
+    files = sorted((REAL / "test").rglob("*.jpg"))[::40][:12]
+    _compare(detector, portable, [detector.read(p) for p in files])
+
+
+def test_metadata_round_trip(detector, artifact, exported):
+    import hashlib
+
+    portable = PortableDetector(exported)
+    assert portable.config == detector.config
+    assert portable.calibration == detector.calibration
+    assert portable.version == detector.version
+    assert portable.meta["artifact_sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+
+
+def test_alpha_changes_after_export_without_reexport(detector, exported, dataset):
+    scores = np.asarray(detector.calibration.scores)
+    loose = load_scorer(exported, alpha=0.2)
+    assert loose.calibration.alpha == 0.2
+    assert loose.calibration.threshold == conformal_threshold(scores, 0.2) < detector.calibration.threshold
+    r = loose.inspect([detector.read(list_images(dataset / "test" / "good")[0])])[0]
+    assert r.alpha == 0.2 and r.threshold == loose.calibration.threshold
+    same = load_scorer(exported)
+    assert same.calibration.alpha == detector.calibration.alpha
+
+
+def test_tampered_exports_are_refused(exported, tmp_path):
+    import onnx
+
+    data = bytearray(exported.read_bytes())
+    flipped = tmp_path / "flipped.onnx"
+    data[len(data) // 2] ^= 0x01  # one bit inside the weights
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="digest|not an ONNX"):
+        PortableDetector(flipped)
+    model = onnx.load(exported)
+    for p in model.metadata_props:
+        if p.key == META_KEY:
+            p.value = p.value.replace('"threshold": ', '"threshold": 1')  # a forged operating point
+    forged = tmp_path / "forged.onnx"
+    onnx.save(model, forged)
+    with pytest.raises(ArtifactError, match="digest"):
+        PortableDetector(forged)
+    model = onnx.load(exported)
+    kept = [p for p in model.metadata_props if p.key != DIGEST_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, tmp_path / "unsealed.onnx")
+    with pytest.raises(ArtifactError, match="not an SAE Inspect export"):
+        PortableDetector(tmp_path / "unsealed.onnx")
+
+
+def test_export_refuses_to_write_beyond_tolerance_and_names_the_image(detector, artifact, dataset, tmp_path):
+    out = tmp_path / "never.onnx"
+    image = list_images(dataset / "train" / "good")[0]
+    with pytest.raises(ArtifactError, match=image.name):
+        export_onnx(detector, artifact, out, [image], tolerance=-1.0)  # nothing can pass a negative tolerance
+    assert not out.exists()
+
+
+def test_service_serves_an_exported_model(make_client, models_dir, exported, dataset):
+    import shutil
+
+    from bench.images import part_png
+
+    reference = {}
+    with make_client() as client:
+        image = part_png(7, defect="spot")
+        reference = client.post("/v1/models/parts/inspect", content=image, headers={"content-type": "image/png"}).json()
+    (models_dir / "parts.safetensors").unlink()
+    shutil.copy(exported, models_dir / "parts.onnx")
+    with make_client() as client:
+        card = client.get("/v1/models/parts").json()
+        assert card["runtime"] == "onnxruntime"
+        r = client.post("/v1/models/parts/inspect", content=image, headers={"content-type": "image/png"})
+        assert r.status_code == 200
+        got = r.json()
+        assert got["verdict"] == reference["verdict"] and got["alpha"] == reference["alpha"]
+        assert abs(got["score"] - reference["score"]) <= TOLERANCE * reference["threshold"]
+        assert client.post("/v1/models/parts/inspect?explain=true", content=image,
+                           headers={"content-type": "image/png"}).status_code == 422
+        assert 'sae_inspect_model_info{backbone=' in client.get("/metrics").text
