@@ -8,7 +8,9 @@ saved as PNG) and batch 1 and 8, each round times, one after the other:
   maps      Detector.maps on decoded pictures;
   inspect   Detector.inspect on decoded pictures;
   file      decode + Detector.inspect from PNG bytes;
-  http      the service (a server process) at concurrency 1 (batch-1 rows) and 8 (batch-8 rows).
+  http      the service (a server process) at concurrency 1 (batch-1 rows) and 8 (batch-8 rows);
+  onnx      PortableDetector.inspect (the exported model in ONNX Runtime) on decoded pictures;
+  openvino  the same ONNX file compiled by OpenVINO (f32), canvases to maps only (when installed).
 The median over rounds is reported as images/s and as a ratio to `bare` of the same size and
 batch. A torch.profiler breakdown of Detector.canvas_pass (900 px, batch 8) gives each stage's
 share. Writes bench/results/cost.{json,md}. Run it on a quiet machine: ratios taken under load
@@ -39,6 +41,7 @@ from bench.servers import server_process
 from bench.service_load import load
 from models.detector import Detector
 from models.features import to_batch
+from models.portable import PortableDetector
 from models.preprocess import make_canvases
 from models.synthetic import good_part
 
@@ -106,6 +109,26 @@ def main() -> None:
         "inspect": lambda name, bs: len(det.inspect(pictures[name][:bs])),
         "file": lambda name, bs: len(det.inspect([det.decode(b) for b in data[name][:bs]])),
     }
+    onnx_file = a.model.with_suffix(".onnx")
+    if not onnx_file.is_file() or onnx_file.stat().st_mtime < a.model.stat().st_mtime:
+        from training.export import export_onnx
+
+        print(f"exporting {onnx_file}...", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            checks = [Path(d) / f"{i}.png" for i in range(len(data["900x900 part"]))]
+            for path, blob in zip(checks, data["900x900 part"], strict=True):
+                path.write_bytes(blob)
+            export_onnx(det, a.model, onnx_file, checks)
+    portable = PortableDetector(onnx_file)
+    stages["onnx"] = lambda name, bs: len(portable.inspect(pictures[name][:bs]))
+    try:
+        import openvino
+
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        stages["openvino"] = lambda name, bs: len(compiled({0: canvases[name][:bs].astype(np.float32)})[0])
+    except ImportError:
+        print("openvino not installed: no OpenVINO row", flush=True)
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(a.model, Path(d) / "line.safetensors")
@@ -138,13 +161,14 @@ def main() -> None:
              f"{a.model}`", "",
              "images/s (ratio to the bare backbone forward of the same size and batch); http = the service at "
              "concurrency 1 (batch 1 rows) or 8 (batch 8 rows)", "",
-             "| image | batch | bare forward | maps | inspect | decode + inspect | http |",
-             "|---|---|---|---|---|---|---|"]
+             "| image | batch | bare forward | maps | inspect | decode + inspect | http | ONNX Runtime inspect | "
+             "OpenVINO maps |", "|---|---|---|---|---|---|---|---|---|"]
     for name in SIZES:
         for bs in (1, 8):
             b = med[f"{name}|{bs}|bare"]
             cells = [f"{med[f'{name}|{bs}|{s}']:.1f} ({med[f'{name}|{bs}|{s}'] / b:.2f})"
-                     for s in ("maps", "inspect", "file", "http")]
+                     if f"{name}|{bs}|{s}" in med else "-"
+                     for s in ("maps", "inspect", "file", "http", "onnx", "openvino")]
             lines.append(f"| {name} | {bs} | {b:.1f} | " + " | ".join(cells) + " |")
     total = sum(breakdown.values())
     lines += ["", "Where `Detector.canvas_pass` spends its time (900 x 900 part, batch 8, torch.profiler, ms per "
