@@ -45,7 +45,7 @@ def onnx_bytes(det: Detector) -> bytes:
     size = det.config.preprocess.size
     example = torch.rand(2, size, size, 3, device=det.device)
     with torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(_MapsOnly(net).to(det.device), (example,), dynamo=True, input_names=[INPUT],
+        program = torch.onnx.export(_MapsOnly(net).to(det.device).eval(), (example,), dynamo=True, input_names=[INPUT],
                                     output_names=[OUTPUT], dynamic_shapes={"canvases": {0: torch.export.Dim("batch")}},
                                     verbose=False)
     return program.model_proto.SerializeToString()
