@@ -107,13 +107,14 @@ def test_service_serves_an_exported_model(make_client, models_dir, exported, dat
 
     from bench.images import part_png
 
-    reference = {}
-    with make_client() as client:
-        image = part_png(7, defect="spot")
+    image = part_png(7, defect="spot")
+    with make_client(api_key="k") as client:
         reference = client.post("/v1/models/parts/inspect", content=image, headers={"content-type": "image/png"}).json()
-    (models_dir / "parts.safetensors").unlink()
-    shutil.copy(exported, models_dir / "parts.onnx")
-    with make_client() as client:
+        assert client.get("/v1/models/parts").json()["runtime"] == "pytorch"
+        (models_dir / "parts.safetensors").unlink()  # hot swap: the exported file replaces the artifact
+        shutil.copy(exported, models_dir / "parts.onnx")
+        outcomes = client.post("/v1/models/reload", headers={"authorization": "Bearer k"}).json()["outcomes"]
+        assert outcomes == {"parts": "loaded"}
         card = client.get("/v1/models/parts").json()
         assert card["runtime"] == "onnxruntime"
         r = client.post("/v1/models/parts/inspect", content=image, headers={"content-type": "image/png"})
