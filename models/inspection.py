@@ -62,6 +62,17 @@ class Inspection(NamedTuple):
 
 
 
+def decide(score: float, threshold: float) -> bool:
+    """Anomalous when the score exceeds a finite threshold (an infinite one: too few calibration images)."""
+    return bool(score > threshold) if math.isfinite(threshold) else False
+
+
+def at_operating_point(result: Inspection, calibration: Calibration, alpha: float) -> Inspection:
+    """The same inspection decided at another false-alarm rate (threshold from the calibration scores)."""
+    cal = calibration.with_alpha(alpha)
+    return result._replace(threshold=cal.threshold, anomalous=decide(result.score, cal.threshold), alpha=alpha)
+
+
 class Scorer:
     """Mixin: needs ``config``, ``calibration``, ``grid``, ``_cal_scores`` and ``canvas_maps``."""
 
@@ -103,8 +114,7 @@ class Scorer:
         (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
         regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self.grid.min_region_area)
         return Inspection(score, cal.threshold, conformal_p_value(score, self._cal_scores),
-                          bool(score > cal.threshold) if math.isfinite(cal.threshold) else False,
-                          work_map, layout, regions, cal.alpha)
+                          decide(score, cal.threshold), work_map, layout, regions, cal.alpha)
 
     def inspect(self, images: list[Picture | np.ndarray]) -> list[Inspection]:
         """Score decoded pictures (or (H, W, 3) uint8/float images); needs a calibrated detector."""

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from models.artifact import ArtifactError
 from models.explain import atlas_png
 from models.imageio import ImageDecodeError, probe_image
+from models.inspection import at_operating_point
 from models.preprocess import Picture
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
@@ -65,6 +66,8 @@ def require_admin(request: Request, settings: Annotated[Settings, Depends(get_se
 Model = Annotated[Served, Depends(get_model)]
 HeatmapQ = Annotated[Literal["none", "png", "raw"], Query(description="include a heat map")]
 ExplainQ = Annotated[bool, Query(description="explain the anomalous regions with the SAE's latent atlas")]
+AlphaQ = Annotated[float | None, Query(gt=0, lt=1, description="decide at this false-alarm rate instead of the "
+                                       "calibrated one (threshold from the model's calibration scores)")]
 
 
 def _safe_name(name: str | None) -> str | None:
@@ -168,7 +171,8 @@ async def _submit(registry: ModelRegistry, name: str, image: Picture, explain: b
 
 
 async def _inspect_one(request: Request, name: str, filename: str | None, data: bytes, heatmap: str,
-                       settings: Settings, metrics: Metrics, explain: bool = False) -> schemas.Inspection:
+                       settings: Settings, metrics: Metrics, explain: bool = False,
+                       alpha: float | None = None) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
         image = await _decode(request, name, data, settings, filename)
@@ -184,6 +188,8 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
         metrics.requests.labels(name, "overloaded").inc()
         raise HTTPException(503, f"model {name!r} is at capacity; retry shortly",
                             headers={"Retry-After": "1"}) from None
+    if alpha is not None:
+        result = result._replace(inspection=at_operating_point(result.inspection, result.detector.calibration, alpha))
     resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
     if explain:
         resp.explanation = _explanation(result.detector, result.explanation, result.inference_seconds)
@@ -214,24 +220,26 @@ _MANY_IMAGES = {"requestBody": {"required": True, "content": {"multipart/form-da
              responses=_ERRORS, openapi_extra=_ONE_IMAGE)
 async def inspect(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
                   metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none",
-                  explain: ExplainQ = False) -> schemas.Inspection:
+                  explain: ExplainQ = False, alpha: AlphaQ = None) -> schemas.Inspection:
     """Inspect one image: multipart upload (any file field) or a raw image/* body."""
     (filename, data), = await _images_from_request(request, settings, many=False)
-    return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain)
+    return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain, alpha)
 
 
 @router.post("/v1/models/{name}/inspect/batch", response_model=schemas.BatchInspection, tags=["inspection"],
              responses=_ERRORS, openapi_extra=_MANY_IMAGES)
 async def inspect_batch(request: Request, served: Model, settings: Annotated[Settings, Depends(get_settings)],
                         metrics: Annotated[Metrics, Depends(get_metrics)],
-                        heatmap: HeatmapQ = "none", explain: ExplainQ = False) -> schemas.BatchInspection:
+                        heatmap: HeatmapQ = "none", explain: ExplainQ = False,
+                        alpha: AlphaQ = None) -> schemas.BatchInspection:
     """Inspect several images sent as multipart file fields; they share micro-batches (and the queue,
     explanations included)."""
     files = await _images_from_request(request, settings, many=True)
 
     async def one(filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
         try:
-            return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain)
+            return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain,
+                                      alpha)
         except HTTPException as e:  # this file alone failed; its metric was counted in _inspect_one
             return schemas.ImageError(filename=filename, status=e.status_code, error=ERROR_CODES.get(
                 e.status_code, "error"), detail=str(e.detail))

@@ -214,3 +214,16 @@ def test_legal_odd_images_are_scored(client):
                  encode(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), "PNG")]:
         r = client.post("/v1/models/parts/inspect", content=data, headers={"content-type": "image/png"})
         assert r.status_code == 200, r.text
+
+
+def test_alpha_query_moves_the_operating_point_and_is_reported(client, detector):
+    from models.scoring import conformal_threshold
+
+    image, hdr = part_png(3), {"content-type": "image/png"}
+    base = client.post("/v1/models/parts/inspect", content=image, headers=hdr).json()
+    assert base["alpha"] == detector.calibration.alpha and base["threshold"] == detector.calibration.threshold
+    loose = client.post("/v1/models/parts/inspect?alpha=0.5", content=image, headers=hdr).json()
+    expected = conformal_threshold(np.asarray(detector.calibration.scores), 0.5)
+    assert loose["alpha"] == 0.5 and loose["threshold"] == pytest.approx(expected)
+    assert loose["score"] == base["score"] and loose["verdict"] == ("anomalous" if base["score"] > expected else "good")
+    assert client.post("/v1/models/parts/inspect?alpha=1.5", content=image, headers=hdr).status_code == 422
