@@ -10,7 +10,7 @@ file is refused like a tampered artifact.
 
 ``PortableDetector`` reads such a file with ONNX Runtime (an optional dependency: ``pip install
 onnxruntime``) and is a ``Scorer``: the decode, geometry, stitching, image score, regions and
-conformal decision are the same code the PyTorch detector runs. ``with_alpha`` moves the
+conformal decision are the same code the PyTorch detector runs. Its ``alpha`` argument moves the
 operating point using the stored calibration scores, without re-exporting.
 """
 
@@ -107,14 +107,6 @@ class PortableDetector(Scorer):
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "unversioned"))
-
-    def with_alpha(self, alpha: float) -> PortableDetector:
-        """The same model at another operating point (threshold from the stored calibration scores)."""
-        other = object.__new__(PortableDetector)
-        other.__dict__.update(self.__dict__)
-        other.calibration = self.calibration.with_alpha(alpha)
-        other._cal_scores = np.asarray(other.calibration.scores)
-        return other
 
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         out = [self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(canvases[i : i + self.batch_size],

@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.budget = PixelBudget(settings.max_decode_pixels)
+    app.state.budget = PixelBudget(settings.max_decode_pixels, metrics.decode_pixels.set)
     app.include_router(router)
     static = Path(__file__).parent / "static"
     app.mount("/static", ConsoleStatic(directory=static), name="static")

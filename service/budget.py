@@ -10,7 +10,7 @@ the number or size of concurrent requests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -19,9 +19,11 @@ class BudgetBusy(Exception):
 
 
 class PixelBudget:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, on_change: Callable[[int], None] = lambda used: None):
         self.capacity = capacity
         self.used = 0
+        self._on_change = on_change
+        """Told the pixels in use after every change (the service's gauge)."""
         self._changed = asyncio.Condition()
 
     @asynccontextmanager
@@ -34,9 +36,11 @@ class PixelBudget:
             except TimeoutError:
                 raise BudgetBusy(f"{self.used} of {self.capacity} decode pixels in use") from None
             self.used += pixels
+            self._on_change(self.used)
         try:
             yield
         finally:
             async with self._changed:
                 self.used -= pixels
+                self._on_change(self.used)
                 self._changed.notify_all()

@@ -101,12 +101,8 @@ async def _decode(request: Request, model: str, data: bytes, settings: Settings,
         if served is None:
             raise HTTPException(404, f"model {model!r} was unloaded")
         async with budget.hold(header.pixels, settings.decode_wait_s):
-            request.app.state.metrics.decode_pixels.set(budget.used)
-            try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    request.app.state.decode_pool, served.detector.decode, data, settings.max_pixels, "image")
-            finally:
-                request.app.state.metrics.decode_pixels.set(budget.used - header.pixels)
+            return await asyncio.get_running_loop().run_in_executor(
+                request.app.state.decode_pool, served.detector.decode, data, settings.max_pixels, "image")
     except ImageDecodeError as e:
         raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
     except BudgetBusy:

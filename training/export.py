@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.artifact import ArtifactError, atomic_write_bytes
@@ -90,8 +89,3 @@ def export_onnx(det: Detector, artifact: Path, out: Path, images: Sequence[Path]
     atomic_write_bytes(Path(out), data)
     return {"images": scored, "max_score_gap_over_threshold": worst[0], "worst_image": str(worst[1]),
             "bytes": len(data), "tolerance": tolerance}
-
-
-def max_map_gap(det: Detector, portable: PortableDetector, canvases: np.ndarray) -> float:
-    """Largest absolute map difference between the runtimes on the same canvases."""
-    return float(np.abs(det.canvas_maps(canvases) - portable.canvas_maps(canvases)).max())
