@@ -53,7 +53,7 @@ def bad_artifacts(src: Path) -> list[tuple[str, bytes]]:
     tampered = bytearray(good)
     tampered[-64] ^= 0xFF
     return [("truncated", good[: len(good) // 2]), ("tampered", bytes(tampered)),
-            ("wrong format version", good.replace(b"sae-inspect/1", b"sae-inspect/7", 1))]
+            ("wrong format version", good.replace(b"sae-inspect/2", b"sae-inspect/7", 1))]
 
 
 async def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, rows: list) -> None:

@@ -2,7 +2,7 @@
 
 Layout of the safetensors ``__metadata__`` (all strings):
 
-    format   "sae-inspect/1"
+    format   "sae-inspect/2"
     config   ModelConfig as JSON
     meta     calibration, provenance, backbone fingerprint, version (JSON)
     digest   sha256 over format, config, meta and every tensor's name, dtype, shape, bytes
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-FORMAT = "sae-inspect/1"
+FORMAT = "sae-inspect/2"  # 2: the calibration states the alpha it guarantees
 SUFFIX = ".safetensors"
 
 

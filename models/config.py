@@ -149,11 +149,6 @@ class ScoringConfig:
             raise ValueError("top_fraction must be in (0, 1]")
 
 
-# Fields added after the first artifacts were written, with the value that reproduces how those
-# artifacts scored (not a guess: before the field existed, that was the only behaviour).
-LEGACY: dict[str, dict[str, Any]] = {"ScoringConfig": {"normalize": "none"}}  # image_score was always stored
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -168,7 +163,6 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         def build(kind: type, values: dict[str, Any]) -> Any:
             names = {f.name for f in dataclasses.fields(kind)}
-            values = {**LEGACY.get(kind.__name__, {}), **values}
             unknown, missing = set(values) - names, names - set(values)
             if unknown or missing:  # never guess a setting the artifact does not state
                 raise ValueError(f"{kind.__name__} fields unknown: {sorted(unknown)}, missing: {sorted(missing)}")

@@ -21,6 +21,7 @@ import torch
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
 from models.config import NORMALIZE_CHOICES, ModelConfig
+from models.decision import find_regions
 from models.explain import Atlas, RegionExplanation, box_cells, explain_region
 from models.features import to_device
 from models.geometry import FeatureGrid
@@ -28,9 +29,6 @@ from models.inspection import Calibration, Inspection, Scorer
 from models.net import ScoreStats, ScoringNet
 from models.preprocess import Picture, make_canvases, stitch, valid_cells
 from models.sae import TopKSAE
-from models.scoring import (
-    find_regions,
-)
 
 
 class CanvasPass(NamedTuple):

@@ -61,9 +61,71 @@ class Header(NamedTuple):
         return self.width * self.height
 
 
+MAX_SMALL_CHUNKS = 512
+"""Most PNG chunks (or JPEG segments before the image data) shorter than ``SMALL_CHUNK`` bytes a file
+may hold. Pillow parses each chunk in Python and keeps ancillary ones: without a cap a 30 MB file of
+empty chunks costs seconds of parsing and memory far beyond its pixels. Larger chunks cost at least
+``SMALL_CHUNK`` bytes of upload each, so the work of the scan below is bounded by bytes."""
+SMALL_CHUNK = 1024
+MAX_METADATA_BYTES = 8 * 1024 * 1024
+"""Most bytes of JPEG segments before the image data (EXIF, ICC, comments, ...) an upload may carry."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_structure(data: bytes, source: str) -> None:
+    """Refuse PNG and JPEG files whose chunk or marker structure would make parsing cost more than
+    their bytes warrant (see ``MAX_SMALL_CHUNKS``); other formats pass unchanged."""
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png(data, source)
+    elif data.startswith(b"\xff\xd8"):
+        _check_jpeg(data, source)
+
+
+def _too_many(source: str, what: str) -> ImageDecodeError:
+    return ImageDecodeError(f"{source}: {what}: refused before parsing (a camera image carries a handful)")
+
+
+def _check_png(data: bytes, source: str) -> None:
+    pos, small = 8, 0
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IEND":
+            return
+        small += length < SMALL_CHUNK
+        if small > MAX_SMALL_CHUNKS:
+            raise _too_many(source, f"PNG with more than {MAX_SMALL_CHUNKS} chunks under {SMALL_CHUNK} bytes")
+        pos += 12 + length
+
+
+def _check_jpeg(data: bytes, source: str) -> None:
+    pos, small, meta = 2, 0, 0
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return  # not a marker: let the decoder report the corruption
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: the entropy-coded data is libjpeg's
+            return
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        small += length < SMALL_CHUNK
+        meta += length
+        if small > MAX_SMALL_CHUNKS:
+            raise _too_many(source, f"JPEG with more than {MAX_SMALL_CHUNKS} segments under {SMALL_CHUNK} bytes")
+        if meta > MAX_METADATA_BYTES:
+            raise _too_many(source, f"JPEG with more than {MAX_METADATA_BYTES // 2**20} MiB of metadata segments")
+        pos += 2 + length
+
+
 def _open(data: bytes, max_pixels: int, source: str) -> tuple[Image.Image, Header]:
     if not data:
         raise ImageDecodeError(f"{source}: empty file")
+    check_structure(data, source)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -103,10 +165,12 @@ def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: i
             _draft(img, target)
         img.load()
         orientation = _orientation(img)
-        pixels = _to_array(img)
+        pixels, full = _to_array(img, source)
         del img
         if target is not None:  # exact area average, as make_canvases does next: the two compose
             pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+        if full is not None:  # deep images are scaled to [0, 1] after the reduction, never at full size
+            pixels = np.clip(pixels.astype(np.float32) / np.float32(full), 0.0, 1.0)
         shown_hw = stored_hw[::-1] if orientation in _TRANSPOSING else stored_hw
         return Picture(np.ascontiguousarray(_ORIENT[orientation](_rgb(pixels))), shown_hw)
     except ImageDecodeError:
@@ -141,24 +205,27 @@ _ORIENT = {  # EXIF orientation -> the array operation that shows the image upri
 }
 
 
-def _to_array(img: Image.Image) -> np.ndarray:
-    """Decoded image -> (H, W) gray or (H, W, 3) RGB array: uint8, or float32 in [0, 1] for deeper images.
-    Gray stays one channel until the image is reduced (a third of the memory)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img).astype(np.float64)
-        top = float(a.max(initial=0.0))
-        if img.mode.startswith("I;16"):
-            full = 65535.0
-        elif img.mode == "F" and top <= 1.0:
-            full = 1.0
-        else:
-            full = next((s for s in _FULL_SCALES if top <= s), top)
-        return np.clip(a / full, 0.0, 1.0).astype(np.float32)
+def _to_array(img: Image.Image, source: str) -> tuple[np.ndarray, float | None]:
+    """Decoded image -> ((H, W) gray or (H, W, 3) RGB array, full scale). uint8 images come with
+    None; deeper images stay in a compact type (uint16, or float32 for 32-bit) with the full scale
+    that maps them to [0, 1], applied after the reduction: never a full-size float64 copy. Gray stays
+    one channel until the image is reduced (a third of the memory). Non-finite values are refused."""
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img)
+        return (a if a.dtype == np.uint16 else a.astype(np.uint16)), 65535.0
+    if img.mode in ("I", "F"):
+        a = np.asarray(img)
+        if img.mode == "F" and not np.isfinite(a).all():
+            raise ImageDecodeError(f"{source}: image holds non-finite pixel values (NaN or inf); "
+                                   "send finite intensities")
+        top = float(a.max(initial=0))
+        full = 1.0 if img.mode == "F" and top <= 1.0 else next((s for s in _FULL_SCALES if top <= s), top)
+        return a.astype(np.float32, copy=False), full
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    return _uint8(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+    return _uint8(img if img.mode in ("L", "RGB") else img.convert("RGB")), None
 
 
 def _uint8(img: Image.Image, rows: int = 256) -> np.ndarray:

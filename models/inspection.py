@@ -16,16 +16,31 @@ from typing import NamedTuple
 import numpy as np
 
 from models.config import ModelConfig
+from models.decision import (
+    Region,
+    check_alpha,
+    conformal_p_value,
+    conformal_threshold,
+    decide,
+    find_regions,
+    image_score,
+    min_alpha,
+)
 from models.geometry import FeatureGrid
 from models.imageio import DEFAULT_MAX_PIXELS, decode_image, read_image
-from models.preprocess import Layout, Picture, make_canvases, stitch
-from models.scoring import Region, conformal_p_value, conformal_threshold, find_regions, image_score
+from models.preprocess import Layout, Picture, Stitcher, plan_canvases
 
 
 @dataclass(frozen=True)
 class Calibration:
+    """A split-conformal operating point. Complete when constructed: the alpha is one the scores
+    support (>= 1/(n+1)), the threshold is the one the scores give for it, everything is finite."""
+
     alpha: float
-    """Target false-alarm rate of the image decision."""
+    """False-alarm rate the threshold guarantees on exchangeable good images (what the card states)."""
+    requested_alpha: float
+    """The rate that was asked for; larger than `alpha` never, smaller when the calibration set was too
+    small to support it (then `alpha` = 1/(n+1), the threshold is the largest calibration score)."""
     threshold: float
     """Split-conformal threshold: the ceil((n+1)(1-alpha))-th smallest calibration score."""
     scores: tuple[float, ...]
@@ -36,15 +51,45 @@ class Calibration:
     """Quantile of calibration-image map pixels that set `pixel_threshold`."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not self.scores:
+            raise ValueError("a calibration needs at least one score")
+        if not all(math.isfinite(s) for s in self.scores):
+            raise ValueError("calibration scores must be finite")
         if list(self.scores) != sorted(self.scores):
             raise ValueError("calibration scores must be sorted")
+        check_alpha(self.alpha, len(self.scores))
+        if not (0 < self.requested_alpha <= self.alpha * (1 + 1e-9)):
+            raise ValueError(f"requested alpha {self.requested_alpha} must be in (0, alpha={self.alpha}]")
+        expected = conformal_threshold(np.asarray(self.scores), self.alpha)
+        if self.threshold != expected:
+            raise ValueError(f"threshold {self.threshold} is not the conformal threshold {expected} of the "
+                             f"calibration scores at alpha={self.alpha:g}")
+        if not (math.isfinite(self.pixel_threshold) and 0 < self.pixel_quantile < 1):
+            raise ValueError(f"pixel threshold {self.pixel_threshold} / quantile {self.pixel_quantile} invalid")
+
+    @property
+    def min_alpha(self) -> float:
+        """Smallest alpha these calibration scores support: 1/(n+1)."""
+        return min_alpha(len(self.scores))
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, requested_alpha: float, pixel_threshold: float,
+                    pixel_quantile: float) -> Calibration:
+        """The calibration for `requested_alpha`, or for 1/(n+1) when the scores cannot support it
+        (``alpha`` then says what is guaranteed; ``requested_alpha`` what was asked)."""
+        s = np.sort(np.asarray(scores, np.float64))
+        alpha = max(requested_alpha, min_alpha(len(s)))
+        return cls(alpha=alpha, requested_alpha=requested_alpha, threshold=conformal_threshold(s, alpha),
+                   scores=tuple(float(x) for x in s), pixel_threshold=float(pixel_threshold),
+                   pixel_quantile=pixel_quantile)
 
     def with_alpha(self, alpha: float) -> Calibration:
         """The operating point for another false-alarm rate, re-derived from the stored calibration
-        scores (no refit, no re-export)."""
-        return dataclasses.replace(self, alpha=alpha, threshold=conformal_threshold(np.asarray(self.scores), alpha))
+        scores (no refit, no re-export). ``UnsupportedAlpha`` (a ValueError naming the smallest
+        supported alpha) when the scores cannot support it."""
+        check_alpha(alpha, len(self.scores))
+        return dataclasses.replace(self, alpha=alpha, requested_alpha=alpha,
+                                   threshold=conformal_threshold(np.asarray(self.scores), alpha))
 
 
 
@@ -57,20 +102,23 @@ class Inspection(NamedTuple):
     """(work_h, work_w) float32 map on the scaled image; see ``layout``."""
     layout: Layout
     regions: list[Region]
-    alpha: float = math.nan
+    alpha: float
     """False-alarm rate of the operating point that made the verdict."""
 
-
-
-def decide(score: float, threshold: float) -> bool:
-    """Anomalous when the score exceeds a finite threshold (an infinite one: too few calibration images)."""
-    return bool(score > threshold) if math.isfinite(threshold) else False
 
 
 def at_operating_point(result: Inspection, calibration: Calibration, alpha: float) -> Inspection:
     """The same inspection decided at another false-alarm rate (threshold from the calibration scores)."""
     cal = calibration.with_alpha(alpha)
     return result._replace(threshold=cal.threshold, anomalous=decide(result.score, cal.threshold), alpha=alpha)
+
+
+MAX_CANVASES = 32
+"""Most canvases made and scored at once (all images of a call together); one canvas is size^2 x 3 floats."""
+
+
+class NonFiniteScore(ValueError):
+    """The maps of an image hold NaN or inf: no verdict can be given."""
 
 
 class Scorer:
@@ -93,16 +141,26 @@ class Scorer:
         return read_image(path, self.config.preprocess, max_pixels)
 
     def maps(self, images: list[Picture | np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
-        """Images -> (work map, layout) each; all canvases of all images go through one batch loop."""
-        prepared = [make_canvases(img, self.config.preprocess) for img in images]
-        if not prepared:
-            return []
-        all_maps = self.canvas_maps(np.concatenate([c for c, _ in prepared]))
-        out, start = [], 0
-        for canvases, layout in prepared:
-            out.append((stitch(all_maps[start : start + len(canvases)], layout), layout))
-            start += len(canvases)
-        return out
+        """Images -> (work map, layout) each. The canvases of all images go through the model together,
+        at most ``MAX_CANVASES`` at a time, made as they are needed and stitched as they come back: memory
+        is bounded by the chunk and the work maps, however many tiles an image has."""
+        plans = [plan_canvases(img, self.config.preprocess) for img in images]
+        stitchers = [Stitcher(layout) for layout, _ in plans]
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            for (i, _), m in zip(pending, self.canvas_maps(np.stack([c for _, c in pending])), strict=True):
+                stitchers[i].add(m)
+            pending.clear()
+
+        for i, (_, canvases) in enumerate(plans):
+            for canvas in canvases:
+                pending.append((i, canvas))
+                if len(pending) >= MAX_CANVASES:
+                    flush()
+        if pending:
+            flush()
+        return [(s.result(), s.layout) for s in stitchers]
 
     def score_map(self, work_map: np.ndarray) -> float:
         s = self.config.scoring
@@ -111,6 +169,8 @@ class Scorer:
     def _inspection(self, work_map: np.ndarray, layout: Layout) -> Inspection:
         cal = self.calibration
         score = self.score_map(work_map)
+        if not math.isfinite(score):  # inputs are checked finite; this is a model fault, never a verdict
+            raise NonFiniteScore(f"the model produced a non-finite score ({score}); refusing to decide")
         (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
         regions = find_regions(work_map, cal.pixel_threshold, (ow / ww, oh / wh), min_area=self.grid.min_region_area)
         return Inspection(score, cal.threshold, conformal_p_value(score, self._cal_scores),

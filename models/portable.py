@@ -33,7 +33,7 @@ from models.inspection import Calibration, Scorer
 SUFFIX = ".onnx"
 META_KEY = "sae_inspect"
 DIGEST_KEY = "sae_inspect_digest"
-FORMAT = "sae-inspect-onnx/1"
+FORMAT = "sae-inspect-onnx/2"
 INPUT, OUTPUT = "canvases", "maps"
 
 

@@ -20,6 +20,7 @@ exists as a full-size float image.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import cv2
@@ -37,7 +38,18 @@ class Picture(NamedTuple):
 
 
 def as_picture(image: Picture | np.ndarray) -> Picture:
-    return image if isinstance(image, Picture) else Picture(image, image.shape[:2])
+    """A picture, checked: (h, w, 3) uint8, or float with every value finite (a NaN or inf pixel
+    would silently turn the score into NaN, and a NaN verdict into "good")."""
+    pic = image if isinstance(image, Picture) else Picture(image, image.shape[:2])
+    px = pic.pixels
+    if px.ndim != 3 or px.shape[2] != 3 or px.shape[0] < 1 or px.shape[1] < 1:
+        raise ValueError(f"an image must be (H, W, 3), got shape {px.shape}")
+    if px.dtype != np.uint8:
+        if px.dtype.kind != "f":
+            raise ValueError(f"image pixels must be uint8 or float in [0, 1], got {px.dtype}")
+        if not np.isfinite(px).all():
+            raise ValueError("image holds non-finite pixel values (NaN or inf); refusing to score it")
+    return pic
 
 
 def work_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int]:
@@ -50,13 +62,16 @@ def work_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, i
 
 
 def decode_hw(original_hw: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int] | None:
-    """Size a decoder may reduce an image to: exactly twice the work image, when the image is at
-    least four times the work image on both sides (None = use the full image).
+    """Size a decoder may reduce an image to: each side at least four times the work image's is
+    reduced to exactly twice it, the other side is kept (None = use the full image). Per side, so a
+    40,000,000 x 1 strip is reduced along its length too.
 
-    Box (area) filters compose: area-reducing to twice the work size and then area-halving equals
-    area-reducing straight to the work size, up to the rounding of the 8-bit intermediate."""
+    Box (area) filters are separable and compose: area-reducing to twice the work size and then
+    area-halving equals area-reducing straight to the work size, up to the rounding of the 8-bit
+    intermediate."""
     (h, w), (wh, ww) = original_hw, work_hw(original_hw, cfg)
-    return (2 * wh, 2 * ww) if h >= 4 * wh and w >= 4 * ww else None
+    target = (2 * wh if h >= 4 * wh else h, 2 * ww if w >= 4 * ww else w)
+    return target if target != (h, w) else None
 
 
 class Layout(NamedTuple):
@@ -101,40 +116,65 @@ def as_float(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32, copy=False)
 
 
-def make_canvases(image: Picture | np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Layout]:
-    """A picture (or an (H, W, 3) float/uint8 image) -> (N, size, size, 3) float canvases and their layout."""
+def plan_canvases(image: Picture | np.ndarray, cfg: PreprocessConfig) -> tuple[Layout, Iterator[np.ndarray]]:
+    """A picture (or an (H, W, 3) float/uint8 image) -> its layout and its (size, size, 3) float canvases,
+    made one at a time: a tiled 6000 x 6000 image never holds all its canvases at once."""
     pic = as_picture(image)
     h, w = pic.original_hw
     wh, ww = work_hw((h, w), cfg)
     s = cfg.size
     if cfg.mode == "resize":
-        return _resize(as_float(pic.pixels), s, s)[None], Layout((h, w), (s, s), ((0, 0, s, s),))
+        return Layout((h, w), (s, s), ((0, 0, s, s),)), iter([_resize(as_float(pic.pixels), s, s)])
     if cfg.mode == "letterbox":
         m = cfg.margin
-        canvas = _pad_to(_resize(as_float(pic.pixels), wh, ww), s, s, m)
-        return canvas[None], Layout((h, w), (wh, ww), ((0, 0, wh, ww),), m)
-    work = _resize(pic.pixels, wh, ww)
-    canvases, windows = [], []
-    for y in _tile_starts(wh, s, cfg.overlap):
-        for x in _tile_starts(ww, s, cfg.overlap):
-            crop = work[y : y + s, x : x + s]
-            windows.append((y, x, crop.shape[0], crop.shape[1]))
-            canvases.append(_pad_to(as_float(crop), s, s))
-    return np.stack(canvases), Layout((h, w), (wh, ww), tuple(windows))
+        return Layout((h, w), (wh, ww), ((0, 0, wh, ww),), m), iter([_pad_to(_resize(as_float(pic.pixels), wh, ww),
+                                                                              s, s, m)])
+    work = _resize(pic.pixels, wh, ww)  # uint8 stays uint8: canvases are made float one by one
+    windows = tuple((y, x, min(s, wh - y), min(s, ww - x)) for y in _tile_starts(wh, s, cfg.overlap)
+                    for x in _tile_starts(ww, s, cfg.overlap))
+    canvases = (_pad_to(as_float(work[y : y + th, x : x + tw]), s, s) for y, x, th, tw in windows)
+    return Layout((h, w), (wh, ww), windows), canvases
+
+
+def make_canvases(image: Picture | np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Layout]:
+    """A picture (or an (H, W, 3) float/uint8 image) -> (N, size, size, 3) float canvases and their layout."""
+    layout, canvases = plan_canvases(image, cfg)
+    return np.stack(list(canvases)), layout
+
+
+class Stitcher:
+    """Per-canvas maps, added in order as they are computed -> the (work_h, work_w) map; overlaps averaged."""
+
+    def __init__(self, layout: Layout):
+        self.layout, self._next = layout, 0
+        self._total = None if len(layout.windows) == 1 else np.zeros(layout.work_hw, np.float32)
+        self._count = None if len(layout.windows) == 1 else np.zeros(layout.work_hw, np.uint16)
+        self._single: np.ndarray | None = None
+
+    def add(self, canvas_map: np.ndarray) -> None:
+        y, x, h, w = self.layout.windows[self._next]
+        self._next += 1
+        if self._total is None:
+            o = self.layout.offset
+            self._single = canvas_map[o : o + h, o : o + w]
+            return
+        self._total[y : y + h, x : x + w] += canvas_map[:h, :w]
+        self._count[y : y + h, x : x + w] += 1
+
+    def result(self) -> np.ndarray:
+        assert self._next == len(self.layout.windows), "every canvas must be added before the map is read"
+        if self._total is None:
+            return self._single
+        np.divide(self._total, np.maximum(self._count, 1), out=self._total)
+        return self._total
 
 
 def stitch(canvas_maps: np.ndarray, layout: Layout) -> np.ndarray:
     """(N, size, size) per-canvas maps -> (work_h, work_w) map; overlaps are averaged."""
-    if len(layout.windows) == 1:
-        _, _, h, w = layout.windows[0]
-        o = layout.offset
-        return canvas_maps[0, o : o + h, o : o + w]
-    total = np.zeros(layout.work_hw, np.float32)
-    count = np.zeros(layout.work_hw, np.float32)
-    for m, (y, x, h, w) in zip(canvas_maps, layout.windows, strict=True):
-        total[y : y + h, x : x + w] += m[:h, :w]
-        count[y : y + h, x : x + w] += 1
-    return total / np.maximum(count, 1)
+    s = Stitcher(layout)
+    for m in canvas_maps:
+        s.add(m)
+    return s.result()
 
 
 def to_original(work_map: np.ndarray, layout: Layout) -> np.ndarray:

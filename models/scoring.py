@@ -1,13 +1,11 @@
-"""Pure functions from patch errors to maps, image scores, thresholds and regions."""
+"""Pure tensor functions from patch errors to anomaly maps and per-position statistics (the decision
+itself, numpy only, is ``models.decision``)."""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -103,63 +101,3 @@ def latent_novelty(values: torch.Tensor, indices: torch.Tensor, rarity: torch.Te
     (..., n) of each patch's position, broadcastable to the patches (e.g. (h, w, n)). -> (...)."""
     picked = rarity.expand(*values.shape[:-1], rarity.shape[-1]).gather(-1, indices)
     return (values * picked).sum(-1) / values.sum(-1).clamp_min(1e-6)
-
-
-def image_score(work_map: np.ndarray, mode: str = "max", top_fraction: float = 0.01) -> float:
-    """(H, W) map -> scalar: its max, or the mean of its top `top_fraction` pixels."""
-    if mode == "max":
-        return float(work_map.max())
-    flat = work_map.ravel()
-    n = max(1, int(round(top_fraction * flat.size)))
-    return float(np.partition(flat, flat.size - n)[-n:].mean())
-
-
-def conformal_rank(n: int, alpha: float) -> int:
-    """1-based rank of the split-conformal threshold among n sorted calibration scores."""
-    return math.ceil((n + 1) * (1 - alpha))
-
-
-def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
-    """Threshold whose false-alarm rate on exchangeable good images is at most alpha.
-
-    Returns +inf when n is too small for alpha (rank > n): no finite threshold gives
-    the guarantee; the trainer warns about it.
-    """
-    rank = conformal_rank(len(sorted_scores), alpha)
-    return float(sorted_scores[rank - 1]) if rank <= len(sorted_scores) else math.inf
-
-
-def conformal_p_value(score: float, sorted_scores: np.ndarray) -> float:
-    """(1 + #{calibration scores >= score}) / (n + 1)."""
-    n = len(sorted_scores)
-    at_least = n - int(np.searchsorted(sorted_scores, score, side="left"))
-    return (1 + at_least) / (n + 1)
-
-
-class Region(NamedTuple):
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int
-    """Pixels above the threshold, in original-image pixels."""
-    peak: float
-
-
-def find_regions(work_map: np.ndarray, threshold: float, scale_xy: tuple[float, float],
-                 max_regions: int = 32, min_area: int = 1) -> list[Region]:
-    """Connected areas of `work_map` above `threshold` (at least `min_area` map pixels),
-    boxes in original pixels, largest first."""
-    mask = (work_map > threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    sx, sy = scale_xy
-    out = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area < min_area:
-            continue
-        peak = float(work_map[labels == i].max())
-        out.append(Region(round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)),
-                          max(1, round(area * sx * sy)), peak))
-    out.sort(key=lambda r: r.area, reverse=True)
-    return out[:max_regions]

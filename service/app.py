@@ -1,4 +1,6 @@
-"""FastAPI application factory: ``uvicorn service.app:create_app --factory``."""
+"""FastAPI application factory. Served by ``sae-inspect-serve`` (``service.server.uvicorn_config``), the one
+way to serve: plain ``uvicorn --factory`` would lack the protocol guards (header deadline, connection cap,
+JSON protocol errors), so it is neither documented nor deployed."""
 
 from __future__ import annotations
 
@@ -66,6 +68,10 @@ class GuardMiddleware:
             await send(message)
 
         declared = headers.get(b"content-length")
+        if declared is not None and b"transfer-encoding" in headers:  # RFC 9112 6.1: a smuggling vector
+            await self._reject(send_wrapper, 400, "a request may not carry both Content-Length and "
+                                                  "Transfer-Encoding", rid)
+            return
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             await self._reject(send_wrapper, 413, f"request body of {int(declared)} bytes exceeds the limit of "
                                                   f"{self.max_body} bytes", rid)
@@ -92,13 +98,18 @@ class GuardMiddleware:
         except BodyLimitError as e:
             if not started:
                 await self._reject(send_wrapper, e.status, e.detail, rid)
+        except Exception:  # noqa: BLE001 - answered here, inside the guard, so the 500 is counted and tagged
+            log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
+            if not started:
+                await self._reject(send_wrapper, 500, "internal error; see the server log with this request_id",
+                                   rid, close=False)
         finally:
             self.metrics.inflight.dec()
 
     @staticmethod
-    async def _reject(send: Send, status: int, detail: str, rid: str) -> None:
+    async def _reject(send: Send, status: int, detail: str, rid: str, close: bool = True) -> None:
         response = JSONResponse({"error": _code(status), "detail": detail, "request_id": rid}, status,
-                                headers={"connection": "close"})
+                                headers={"connection": "close"} if close else None)
         await response({"type": "http"}, _empty_receive, send)
 
 
@@ -190,11 +201,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("client disconnected before its request was complete (%s %s, request %s)", request.method,
                  request.url.path, rid)
         return _error(request, 400, "client_disconnected", "the client disconnected during the upload")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return _error(request, 500, "internal_error", "internal error; see the server log with this request_id")
 
     return app
 

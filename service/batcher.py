@@ -95,15 +95,30 @@ class MicroBatcher:
                 break
         return batch
 
-    def _infer(self, batch: list[_Item]) -> list[tuple[Inspection, list[RegionExplanation] | None]]:
-        """Runs in the inference thread: plain items as one batch, explanations one by one."""
+    def _infer(self, batch: list[_Item]) -> list[tuple[Inspection, list[RegionExplanation] | None] | Exception]:
+        """Runs in the inference thread: plain items as one batch, explanations one by one. An item that
+        fails fails alone: when a batch raises, its items are run one by one to find which."""
         plain = [it for it in batch if not it.explain]
-        out = dict(zip(map(id, plain), ((r, None) for r in self.detector.inspect([it.image for it in plain])),
-                       strict=True)) if plain else {}
+        out: dict[int, tuple[Inspection, list[RegionExplanation] | None] | Exception] = {}
+        if plain:
+            try:
+                out.update(zip(map(id, plain), ((r, None) for r in self.detector.inspect([it.image for it in plain])),
+                               strict=True))
+            except Exception:  # noqa: BLE001 - isolate the failing item(s) below
+                for it in plain:
+                    out[id(it)] = self._one(lambda it=it: (self.detector.inspect([it.image])[0], None))
         for it in batch:
             if it.explain:
-                out[id(it)] = self.detector.explain(it.image)
+                out[id(it)] = self._one(lambda it=it: self.detector.explain(it.image))
         return [out[id(it)] for it in batch]
+
+    def _one(self, run):  # noqa: ANN001, ANN202 - a thunk and what it returns, or its exception
+        try:
+            return run()
+        except Exception as e:  # noqa: BLE001 - reported to that item's request alone
+            if not isinstance(e, ValueError):
+                log.exception("inference failed for one image of model %s", self.name)
+            return e
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,10 +137,14 @@ class MicroBatcher:
                 continue
             elapsed = time.perf_counter() - started
             self.metrics.batch_size.observe(len(batch))
-            for it, (r, explanation) in zip(batch, results, strict=True):
-                if not it.future.done():  # the client may have gone away
-                    it.future.set_result(Result(r, self.detector, started - it.enqueued, elapsed, len(batch),
-                                                explanation))
+            for it, outcome in zip(batch, results, strict=True):
+                if it.future.done():  # the client may have gone away
+                    continue
+                if isinstance(outcome, Exception):
+                    it.future.set_exception(outcome)
+                else:
+                    it.future.set_result(Result(outcome[0], self.detector, started - it.enqueued, elapsed,
+                                                len(batch), outcome[1]))
             self._busy = False
 
     async def drain_and_stop(self, timeout_s: float = 30.0) -> None:

@@ -14,9 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
 from models.artifact import ArtifactError
+from models.decision import UnsupportedAlpha, score_ratio
 from models.explain import atlas_png
 from models.imageio import ImageDecodeError, probe_image
-from models.inspection import at_operating_point
+from models.inspection import NonFiniteScore, at_operating_point
 from models.preprocess import Picture
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
@@ -31,7 +32,7 @@ DECODE_STATUS = {"invalid": 422, "unsupported": 415, "too_large": 413}
 DECODE_OUTCOMES = {413: "too_large", 415: "unsupported", 503: "overloaded", 404: "unloaded"}
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "invalid_request", 503: "overloaded"}
+               415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error", 503: "overloaded"}
 
 
 def get_settings(request: Request) -> Settings:
@@ -95,14 +96,16 @@ async def _decode(request: Request, model: str, data: bytes, settings: Settings,
     holding that many pixels of the server-wide decode budget while it runs."""
     registry: ModelRegistry = request.app.state.registry
     budget: PixelBudget = request.app.state.budget
-    try:
-        header = probe_image(data, settings.max_pixels, "image")
+    loop = asyncio.get_running_loop()
+    try:  # nothing that parses an upload runs on the event loop: /healthz stays prompt
+        header = await loop.run_in_executor(request.app.state.decode_pool, probe_image, data, settings.max_pixels,
+                                            "image")
         served = registry.models.get(model)
         if served is None:
             raise HTTPException(404, f"model {model!r} was unloaded")
         async with budget.hold(header.pixels, settings.decode_wait_s):
-            return await asyncio.get_running_loop().run_in_executor(
-                request.app.state.decode_pool, served.detector.decode, data, settings.max_pixels, "image")
+            return await loop.run_in_executor(request.app.state.decode_pool, served.detector.decode, data,
+                                              settings.max_pixels, "image")
     except ImageDecodeError as e:
         raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
     except BudgetBusy:
@@ -146,6 +149,16 @@ def _explanation(det, regions, seconds: float) -> schemas.Explanation:
     return schemas.Explanation(regions=out, seconds=seconds)
 
 
+def _check_alpha(served: Served, alpha: float | None) -> None:
+    """Refuse, before any work, an alpha the model's calibration cannot support (it would decide nothing)."""
+    if alpha is None:
+        return
+    try:
+        served.detector.calibration.with_alpha(alpha)
+    except UnsupportedAlpha as e:
+        raise HTTPException(422, f"model {served.name!r}: {e}") from None
+
+
 def _require_atlas(registry: ModelRegistry, name: str) -> None:
     served = registry.models.get(name)
     if served is not None and served.detector.atlas is None:
@@ -184,8 +197,15 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
         metrics.requests.labels(name, "overloaded").inc()
         raise HTTPException(503, f"model {name!r} is at capacity; retry shortly",
                             headers={"Retry-After": "1"}) from None
-    if alpha is not None:
-        result = result._replace(inspection=at_operating_point(result.inspection, result.detector.calibration, alpha))
+    except (NonFiniteScore, ValueError) as e:  # refused, never answered: an image the model cannot score
+        metrics.requests.labels(name, "bad_image").inc()
+        raise HTTPException(422, f"{e}" + (f" (file {filename!r})" if filename else "")) from None
+    if alpha is not None:  # the model may have been hot-swapped meanwhile: check against the one that ran
+        try:
+            result = result._replace(inspection=at_operating_point(result.inspection, result.detector.calibration,
+                                                                   alpha))
+        except UnsupportedAlpha as e:
+            raise HTTPException(422, str(e)) from None
     resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
     if explain:
         resp.explanation = _explanation(result.detector, result.explanation, result.inference_seconds)
@@ -194,7 +214,9 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
     metrics.images.labels(name).inc()
     if r.anomalous:
         metrics.anomalies.labels(name).inc()
-    metrics.score_ratio.labels(name).observe(r.score / r.threshold if r.threshold > 0 else 0.0)
+    ratio = score_ratio(r.score, r.threshold)
+    if ratio is not None:  # never observe a value that means nothing (threshold <= 0) or is not finite
+        metrics.score_ratio.labels(name).observe(ratio)
     for stage, seconds in (("decode", decode_s), ("queue", result.queue_seconds),
                            ("inference", result.inference_seconds), ("total", time.perf_counter() - t0)):
         metrics.latency.labels(stage).observe(seconds)
@@ -218,6 +240,7 @@ async def inspect(request: Request, served: Model, settings: Annotated[Settings,
                   metrics: Annotated[Metrics, Depends(get_metrics)], heatmap: HeatmapQ = "none",
                   explain: ExplainQ = False, alpha: AlphaQ = None) -> schemas.Inspection:
     """Inspect one image: multipart upload (any file field) or a raw image/* body."""
+    _check_alpha(served, alpha)
     (filename, data), = await _images_from_request(request, settings, many=False)
     return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain, alpha)
 
@@ -230,6 +253,7 @@ async def inspect_batch(request: Request, served: Model, settings: Annotated[Set
                         alpha: AlphaQ = None) -> schemas.BatchInspection:
     """Inspect several images sent as multipart file fields; they share micro-batches (and the queue,
     explanations included)."""
+    _check_alpha(served, alpha)
     files = await _images_from_request(request, settings, many=True)
 
     async def one(filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
@@ -258,6 +282,7 @@ def _card(served: Served) -> schemas.ModelCard:
         stages=list(cfg.backbone.stages), preprocess=vars(cfg.preprocess), sae=vars(cfg.sae),
         scoring=vars(cfg.scoring),
         threshold=cal.threshold, pixel_threshold=cal.pixel_threshold, alpha=cal.alpha,
+        requested_alpha=cal.requested_alpha, min_alpha=cal.min_alpha,
         calibration_size=len(cal.scores), calibration_scores=list(cal.scores), provenance=provenance,
         loaded_at=served.loaded_at)
 
@@ -294,12 +319,12 @@ async def reload_one(name: str, registry: Annotated[ModelRegistry, Depends(get_r
     return {"model": name, "version": served.detector.version, "outcome": "loaded"}
 
 
-@router.get("/healthz", tags=["ops"])
+@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["ops"])
 async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Response:
     ready = registry.ready
     body = {"ready": ready, "models": {n: s.detector.version for n, s in registry.models.items()},

@@ -114,7 +114,11 @@ class ModelCard(BaseModel):
     """How the map and the image score are computed, including the normalisation the fit chose."""
     threshold: float
     pixel_threshold: float
-    alpha: float
+    alpha: float = Field(description="false-alarm rate the threshold guarantees on good images of the calibrated "
+                         "process (>= 1/(calibration_size + 1))")
+    requested_alpha: float = Field(description="the rate the fit asked for; below `alpha` when the calibration set "
+                                   "was too small to support it")
+    min_alpha: float = Field(description="smallest ?alpha= this model accepts: 1/(calibration_size + 1)")
     calibration_size: int
     calibration_scores: list[float]
     provenance: dict

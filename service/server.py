@@ -29,10 +29,10 @@ log = logging.getLogger("sae_inspect.service")
 MAX_HEAD_BYTES = 16 * 1024
 
 
-def _raw_response(status: int, reason: str, body: dict[str, Any]) -> bytes:
+def _raw_response(status: int, reason: str, body: dict[str, Any], retry: bool = True) -> bytes:
     data = json.dumps(body).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
-            f"connection: close\r\nretry-after: 1\r\n\r\n").encode() + data
+            f"connection: close\r\n{'retry-after: 1' + chr(13) + chr(10) if retry else ''}\r\n").encode() + data
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int, on_close: Any = None) -> type[H11Protocol]:
@@ -59,6 +59,14 @@ def guarded_protocol(header_timeout_s: float, max_connections: int, on_close: An
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm()  # headers complete: the body deadline takes over
+
+        def send_400_response(self, msg: str) -> None:
+            """Protocol errors (malformed request line, oversized head, bad framing) as JSON, then close."""
+            if on_close:
+                on_close("protocol_error")
+            self.transport.write(_raw_response(400, "Bad Request", {
+                "error": "bad_request", "detail": f"malformed HTTP request: {msg}"}, retry=False))
+            self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from models.decision import min_alpha
 from models.detector import Detector
 from models.inspection import Calibration
-from models.scoring import conformal_rank, conformal_threshold
 from training.fit import iter_images
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,20 @@ def calibrate(detector: Detector, paths: Sequence[Path], cfg: CalibrationConfig)
     _, scores, maps = score_files(detector, paths, desc="calibration")
     if len(scores) == 0:
         raise ValueError("no usable calibration images")
-    scores.sort()
+    if not np.isfinite(scores).all():
+        raise ValueError("a calibration image gave a non-finite score: the model is broken; refusing to calibrate")
     n = len(scores)
-    threshold = conformal_threshold(scores, alpha)
-    if not np.isfinite(threshold):
+    if alpha < min_alpha(n):
         log.warning(
-            "only %d calibration images: split-conformal calibration needs at least %d for alpha=%g "
-            "(rank %d > n). Using the largest calibration score; the false-alarm guarantee is then "
-            "only 1/(n+1) = %.3g. Add good images or raise --alpha.",
-            n, int(np.ceil(1 / alpha)) - 1, alpha, conformal_rank(n, alpha), 1 / (n + 1))
-        threshold = float(scores[-1])
+            "only %d calibration images: split-conformal calibration needs at least %d for alpha=%g. "
+            "The model guarantees alpha = 1/(n+1) = %.4g instead (threshold = the largest calibration "
+            "score); its card and metrics state that. Add good images or raise --alpha.",
+            n, int(np.ceil(1 / alpha)) - 1, alpha, min_alpha(n))
     pixels = np.concatenate([m.ravel() for m in maps])
     if len(pixels) > MAX_PIXEL_SAMPLE:
         pixels = np.random.default_rng(seed).choice(pixels, MAX_PIXEL_SAMPLE, replace=False)
     pixel_threshold = float(np.quantile(pixels, pixel_quantile))
-    return Calibration(alpha=alpha, threshold=float(threshold), scores=tuple(float(s) for s in scores),
-                       pixel_threshold=pixel_threshold, pixel_quantile=pixel_quantile)
+    return Calibration.from_scores(scores, alpha, pixel_threshold, pixel_quantile)
 
 
 def f1_optimal(good: np.ndarray, bad: np.ndarray) -> dict[str, float]:

@@ -106,9 +106,10 @@ def cmd_fit(a: argparse.Namespace) -> None:
     det = fit_calibrated(paths, config, fit_cfg, cal_cfg, device, a.backbone_weights, init, provenance, defects)
     save_verified(det, out, paths[0])
     elapsed = time.perf_counter() - t0
-    log.info("wrote %s (version %s): threshold %.4g at alpha=%g from %d calibration images; "
-             "%d images in %.1fs (%.1f img/s)", out, det.version, det.calibration.threshold, a.alpha,
-             len(det.calibration.scores), len(paths), elapsed, len(paths) / elapsed)
+    cal = det.calibration
+    log.info("wrote %s (version %s): threshold %.4g at alpha=%g (guaranteed; asked %g) from %d calibration "
+             "images; %d images in %.1fs (%.1f img/s)", out, det.version, cal.threshold, cal.alpha,
+             cal.requested_alpha, len(cal.scores), len(paths), elapsed, len(paths) / elapsed)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -131,7 +132,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     for f in a.files:
         try:
             r = det.inspect([det.read(f)])[0]
-        except ImageDecodeError as e:
+        except (ImageDecodeError, ValueError) as e:  # undecodable, or an image no verdict can be given for
             failures += 1
             print(json.dumps({"file": f, "error": str(e)}) if a.json else f"{f}\terror: {e}")
             continue

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from models.artifact import ArtifactError
+from models.decision import conformal_threshold
 from models.imageio import list_images
 from models.portable import DIGEST_KEY, META_KEY, PortableDetector, load_scorer
-from models.scoring import conformal_threshold
 from training.export import TOLERANCE, export_onnx
 
 pytest.importorskip("onnxruntime")
@@ -125,3 +125,12 @@ def test_service_serves_an_exported_model(make_client, models_dir, exported, dat
         assert client.post("/v1/models/parts/inspect?explain=true", content=image,
                            headers={"content-type": "image/png"}).status_code == 422
         assert 'sae_inspect_model_info{backbone=' in client.get("/metrics").text
+
+
+def test_alpha_below_what_the_calibration_supports_is_refused_by_the_reader(detector, exported):
+    from models.decision import UnsupportedAlpha
+
+    n = len(detector.calibration.scores)
+    with pytest.raises(UnsupportedAlpha, match=f"with n = {n} calibration images"):
+        load_scorer(exported, alpha=0.5 / (n + 1))
+    assert load_scorer(exported, alpha=1 / (n + 1)).calibration.threshold == detector.calibration.scores[-1]

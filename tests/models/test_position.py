@@ -112,9 +112,10 @@ def test_unresolved_scoring_cannot_score(detector):
         det.canvas_maps(np.zeros((1, 256, 256, 3), np.float32))
 
 
-def test_old_artifacts_without_the_field_load_with_raw_scoring():
+def test_a_config_missing_a_field_is_refused_never_guessed():
     from models.config import ModelConfig
 
     d = ModelConfig().to_dict()
     del d["scoring"]["normalize"]
-    assert ModelConfig.from_dict(d).scoring.normalize == "none"
+    with pytest.raises(ValueError, match=r"missing: \['normalize'\]"):
+        ModelConfig.from_dict(d)

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.scoring import (
-    anomaly_maps,
+from models.decision import (
+    UnsupportedAlpha,
     conformal_p_value,
     conformal_rank,
     conformal_threshold,
     find_regions,
     image_score,
 )
+from models.scoring import anomaly_maps
 
 
 def test_conformal_rank_and_threshold_hand_computed():
@@ -21,7 +22,10 @@ def test_conformal_rank_and_threshold_hand_computed():
     assert conformal_rank(99, 0.1) == 90  # ceil(100 * 0.9)
     assert conformal_threshold(s, 0.1) == 90.0
     assert conformal_rank(19, 0.05) == 19
-    assert math.isinf(conformal_threshold(np.arange(10.0), 0.01))  # n too small for alpha
+    with pytest.raises(UnsupportedAlpha, match=r"1/\(n\+1\) = 0.0909091 with n = 10"):
+        conformal_threshold(np.arange(10.0), 0.01)  # n too small for alpha: refused, never +inf
+    assert conformal_threshold(np.arange(10.0), 1 / 11) == 9.0  # exactly 1/(n+1): the largest score
+    assert conformal_rank(30, 1 / 31) == 30
 
 
 def test_conformal_p_value_hand_computed():

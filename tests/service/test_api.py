@@ -217,7 +217,7 @@ def test_legal_odd_images_are_scored(client):
 
 
 def test_alpha_query_moves_the_operating_point_and_is_reported(client, detector):
-    from models.scoring import conformal_threshold
+    from models.decision import conformal_threshold
 
     image, hdr = part_png(3), {"content-type": "image/png"}
     base = client.post("/v1/models/parts/inspect", content=image, headers=hdr).json()

@@ -77,7 +77,7 @@ def test_bad_artifacts_under_load_keep_the_old_model_serving(models_dir, artifac
         target = models_dir / "parts.safetensors"
         tampered = bytearray(good)
         tampered[-100] ^= 0xFF
-        wrong_version = good.replace(b"sae-inspect/1", b"sae-inspect/9", 1)
+        wrong_version = good.replace(b"sae-inspect/2", b"sae-inspect/9", 1)
         for n, bad in enumerate((good[: len(good) // 3], bytes(tampered), wrong_version), 1):
             tmp = models_dir / ".incoming"
             tmp.write_bytes(bad)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from models.decision import UnsupportedAlpha
 from models.imageio import list_images
 from models.synthetic import good_part
 from training.calibrate import CalibrationConfig, calibrate, split_calibration
@@ -49,3 +50,8 @@ def test_too_few_calibration_images_warns(detector, dataset, caplog):
         cal = calibrate(detector, list_images(dataset / "test" / "good")[:5], CalibrationConfig(alpha=0.01))
     assert "split-conformal calibration needs at least" in caplog.text
     assert cal.threshold == max(cal.scores)
+    # what the model states is what it guarantees: 1/(n+1) with n = 5, never the 0.01 that was asked
+    assert cal.alpha == pytest.approx(1 / 6) and cal.requested_alpha == 0.01 and cal.min_alpha == cal.alpha
+    with pytest.raises(UnsupportedAlpha, match="1/\\(n\\+1\\) = 0.166667 with n = 5"):
+        cal.with_alpha(0.05)
+    assert cal.with_alpha(0.5).threshold < cal.threshold

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
+from models.decision import conformal_threshold
 from models.detector import Detector
-from models.scoring import conformal_threshold
 from models.synthetic import write_dataset
 from training.calibrate import CalibrationConfig
 from training.cli import main
@@ -30,10 +30,12 @@ def fitted(small_data, tmp_path_factory):
 def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     det = Detector.from_artifact(fitted, "cpu")
     cal = det.calibration
-    assert cal.alpha == CalibrationConfig.alpha  # CLI defaults are the dataclass defaults
-    # too few images for alpha=0.01 (rank > n): the trainer falls back to the largest score
-    expected = conformal_threshold(np.asarray(cal.scores), cal.alpha)
-    assert cal.threshold == (expected if np.isfinite(expected) else cal.scores[-1])
+    assert cal.requested_alpha == CalibrationConfig.alpha  # CLI defaults are the dataclass defaults
+    # 8 calibration images cannot support alpha=0.01: the card states the alpha it guarantees, 1/(n+1),
+    # and the threshold is the largest calibration score
+    n = len(cal.scores)
+    assert n == 8 and cal.alpha == pytest.approx(1 / (n + 1)) and cal.threshold == cal.scores[-1]
+    assert cal.threshold == conformal_threshold(np.asarray(cal.scores), cal.alpha)
     assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
     # 25 files, 8 held out for calibration, the unreadable one skipped wherever it landed
     assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
@@ -57,6 +59,13 @@ def test_score_reports_per_file(fitted, small_data, tmp_path, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert lines[0]["verdict"] in ("good", "anomalous") and 0 < lines[0]["p_value"] <= 1
     assert "junk.png" in lines[1]["error"]
+
+
+def test_score_refuses_an_alpha_the_calibration_cannot_support(fitted, small_data, capsys):
+    img = next((small_data / "test" / "good").iterdir())
+    assert main(["score", str(fitted), str(img), "--alpha", "0.01", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "alpha=0.01 is below the smallest false-alarm rate" in err and "1/(n+1) = 0.111111" in err
 
 
 def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp_path):

@@ -1,0 +1,123 @@
+"""The decision, in NumPy only: image score, split-conformal threshold and p-value, defect regions.
+
+Every runtime (PyTorch ``Detector``, ONNX ``PortableDetector``, the trainer's evaluation and
+reports) decides through these functions, and none of them imports torch, so an ONNX-only
+install serves a model with exactly the same decision.
+
+The guarantee: with n exchangeable good calibration scores, the threshold at rank
+ceil((n + 1)(1 - alpha)) flags a new good image with probability at most alpha. That rank
+exists only for alpha >= 1 / (n + 1) (``min_alpha``); a smaller alpha has no finite threshold and
+is refused (``UnsupportedAlpha``), never quietly turned into "flag nothing".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+_REL = 1e-9  # float slack so that alpha == 1/(n+1), computed in floating point, still counts as supported
+
+
+class UnsupportedAlpha(ValueError):
+    """An alpha outside (0, 1), or smaller than the calibration can support (``minimum``)."""
+
+    def __init__(self, alpha: float, n: int):
+        self.alpha, self.n, self.minimum = alpha, n, min_alpha(n)
+        if not 0 < alpha < 1 or not math.isfinite(alpha):
+            msg = f"alpha must be in (0, 1), got {alpha}"
+        else:
+            msg = (f"alpha={alpha:g} is below the smallest false-alarm rate this calibration supports: "
+                   f"1/(n+1) = {self.minimum:.6g} with n = {n} calibration images (no finite threshold "
+                   f"guarantees a smaller rate); use alpha >= {self.minimum:.6g} or calibrate on more good images")
+        super().__init__(msg)
+
+
+def min_alpha(n: int) -> float:
+    """Smallest false-alarm rate n calibration scores can guarantee: 1 / (n + 1)."""
+    return 1.0 / (n + 1)
+
+
+def check_alpha(alpha: float, n: int) -> float:
+    """`alpha` if n calibration scores support it, else ``UnsupportedAlpha`` (a ValueError)."""
+    if not (math.isfinite(alpha) and 0 < alpha < 1) or alpha < min_alpha(n) * (1 - _REL):
+        raise UnsupportedAlpha(alpha, n)
+    return alpha
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """1-based rank of the split-conformal threshold among n sorted calibration scores (<= n for a
+    supported alpha)."""
+    return min(n, math.ceil((n + 1) * (1 - alpha) - _REL)) if alpha >= min_alpha(n) * (1 - _REL) \
+        else math.ceil((n + 1) * (1 - alpha))
+
+
+def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
+    """Threshold whose false-alarm rate on exchangeable good images is at most alpha: the
+    ceil((n+1)(1-alpha))-th smallest calibration score. ``UnsupportedAlpha`` when alpha < 1/(n+1)."""
+    n = len(sorted_scores)
+    check_alpha(alpha, n)
+    return float(sorted_scores[conformal_rank(n, alpha) - 1])
+
+
+def conformal_p_value(score: float, sorted_scores: np.ndarray) -> float:
+    """(1 + #{calibration scores >= score}) / (n + 1); in [1/(n+1), 1]. A finite score is required."""
+    if not math.isfinite(score):
+        raise ValueError(f"score must be finite, got {score}")
+    n = len(sorted_scores)
+    at_least = n - int(np.searchsorted(sorted_scores, score, side="left"))
+    return (1 + at_least) / (n + 1)
+
+
+def decide(score: float, threshold: float) -> bool:
+    """Anomalous when the score exceeds the threshold (both finite: nothing else reaches here)."""
+    if not (math.isfinite(score) and math.isfinite(threshold)):
+        raise ValueError(f"a decision needs a finite score and threshold, got {score} and {threshold}")
+    return bool(score > threshold)
+
+
+def image_score(work_map: np.ndarray, mode: str = "max", top_fraction: float = 0.01) -> float:
+    """(H, W) map -> scalar: its max, or the mean of its top `top_fraction` pixels."""
+    if mode == "max":
+        return float(work_map.max())
+    flat = work_map.ravel()
+    n = max(1, int(round(top_fraction * flat.size)))
+    return float(np.partition(flat, flat.size - n)[-n:].mean())
+
+
+def score_ratio(score: float, threshold: float) -> float | None:
+    """score / threshold for dashboards, or None where it means nothing (threshold <= 0, e.g. z-scores)."""
+    if threshold > 0 and math.isfinite(score) and math.isfinite(threshold):
+        return score / threshold
+    return None
+
+
+class Region(NamedTuple):
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    """Pixels above the threshold, in original-image pixels."""
+    peak: float
+
+
+def find_regions(work_map: np.ndarray, threshold: float, scale_xy: tuple[float, float],
+                 max_regions: int = 32, min_area: int = 1) -> list[Region]:
+    """Connected areas of `work_map` above `threshold` (at least `min_area` map pixels),
+    boxes in original pixels, largest first."""
+    mask = (work_map > threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sx, sy = scale_xy
+    out = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_area:
+            continue
+        peak = float(work_map[labels == i].max())
+        out.append(Region(round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)),
+                          max(1, round(area * sx * sy)), peak))
+    out.sort(key=lambda r: r.area, reverse=True)
+    return out[:max_regions]
