@@ -20,7 +20,17 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.images import encode, huge_png, part_png, png_bomb
+from bench.images import (
+    chunk_bomb_png,
+    comment_bomb_jpeg,
+    encode,
+    float_tiff,
+    gray16_png,
+    huge_png,
+    part_png,
+    png_bomb,
+    strip_png,
+)
 
 
 @dataclass
@@ -109,6 +119,12 @@ CLASSES = {
     "body": "oversized and slow bodies (413/408)",
     "routing": "unknown models, traversal, NUL and long names, wrong methods (404/405/422)",
     "admin": "admin routes without or with a wrong key (401)",
+    "wrong-answer": "inputs and settings that would be answered wrongly if accepted: non-finite pixels, an alpha "
+                    "the calibration cannot support (422)",
+    "parse-cost": "files whose parsing costs more than their bytes: chunk and marker bombs (422), 1-3 px high "
+                  "strips and 16-bit images (scored within the memory bound)",
+    "protocol": "request smuggling (Content-Length with Transfer-Encoding: 400 + close), malformed request lines "
+                "(JSON 400), HEAD on health routes (200)",
 }
 """Every class of hostile or careless request the service is tried with; the corpus covers each."""
 
@@ -131,6 +147,7 @@ def build_corpus(max_body: int) -> list[Case]:
     ok = score = {200}
     bad_img = {415, 422}
     batch = "/v1/models/parts/inspect/batch"
+    bomb_mb = min(30.0, 0.9 * max_body / 2**20)  # as large as the body limit lets through
     sections: dict[str, list[Case]] = {
         "bytes": [
             Case("empty body", {422}, content=b""),
@@ -227,6 +244,35 @@ def build_corpus(max_body: int) -> list[Case]:
             Case("model name with NUL", {404}, path="/v1/models/parts%00/inspect", content=good),
             Case("model name 300 chars", {404}, path="/v1/models/" + "a" * 300 + "/inspect", content=good),
             Case("model card of ../../etc", {404}, method="GET", path="/v1/models/..%2F..%2Fetc", content=None),
+        ],
+        "wrong-answer": [
+            Case("float TIFF with one NaN pixel", {422}, content=float_tiff(float("nan")),
+                 headers={"content-type": "image/tiff"}),
+            Case("float TIFF with one +inf pixel", {422}, content=float_tiff(float("inf")),
+                 headers={"content-type": "image/tiff"}),
+            Case("float TIFF with one -inf pixel", {422}, content=float_tiff(float("-inf")),
+                 headers={"content-type": "image/tiff"}),
+            Case("?alpha=0.0001, below 1/(n+1)", {422}, path="/v1/models/parts/inspect?alpha=0.0001", content=good),
+            Case("?alpha=1e-300 on batch", {422}, path=batch + "?alpha=1e-300", headers={},
+                 files=[("files", ("good.png", good, "image/png"))]),
+            Case("?alpha=nan", {422}, path="/v1/models/parts/inspect?alpha=nan", content=good),
+        ],
+        "parse-cost": [
+            Case(f"PNG with {bomb_mb:.0f} MB of empty ancillary chunks", {422}, content=chunk_bomb_png(bomb_mb)),
+            Case(f"JPEG with {bomb_mb:.0f} MB of comment markers", {422}, content=comment_bomb_jpeg(bomb_mb),
+                 headers={"content-type": "image/jpeg"}),
+            Case("40000000 x 1 PNG", score, content=strip_png(40_000_000, 1)),
+            Case("13000000 x 3 PNG", score, content=strip_png(13_000_000, 3)),
+            Case("6000 x 6000 16-bit gray PNG", score, content=gray16_png(6000, 6000)),
+        ],
+        "protocol": [
+            Case("Content-Length with Transfer-Encoding (smuggling)", {400}, raw=(
+                b"POST /v1/models/parts/inspect HTTP/1.1\r\nHost: x\r\ncontent-type: image/png\r\n"
+                b"content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")),
+            Case("garbage request line", {400}, raw=b"NOT HTTP AT ALL\r\n\r\n"),
+            Case("HEAD /healthz", ok, method="HEAD", path="/healthz", content=None, headers={}),
+            Case("HEAD /readyz", ok, method="HEAD", path="/readyz", content=None, headers={}),
         ],
         "admin": [
             Case("admin reload, malformed JSON, no key", {401}, path="/v1/models/reload", content=b"{bad json",

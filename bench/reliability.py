@@ -32,6 +32,7 @@ import numpy as np
 from bench.fit_eval import machine
 from bench.hostile import build_corpus, send
 from bench.images import huge_png
+from bench.load import load
 from bench.servers import rss_bytes, server_process
 from models.artifact import load_artifact, save_artifact
 
@@ -54,26 +55,6 @@ def bad_artifacts(src: Path) -> list[tuple[str, bytes]]:
     tampered[-64] ^= 0xFF
     return [("truncated", good[: len(good) // 2]), ("tampered", bytes(tampered)),
             ("wrong format version", good.replace(b"sae-inspect/2", b"sae-inspect/7", 1))]
-
-
-async def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, rows: list) -> None:
-    stop = time.perf_counter() + seconds
-
-    async def client(i: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-            k = i
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    r = await c.post("/v1/models/line/inspect", content=payloads[k % len(payloads)],
-                                     headers={"content-type": "application/octet-stream"})
-                    version = r.json().get("model_version") if r.status_code == 200 else None
-                    rows.append((r.status_code, version, time.perf_counter() - t0))
-                except httpx.HTTPError as e:
-                    rows.append((0, repr(e), time.perf_counter() - t0))
-                k += concurrency
-
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
 
 
 def memory_phase(url: str, pid: int, batches: int = 2, per_batch: int = 16) -> dict:
@@ -215,7 +196,7 @@ def main() -> None:
             t = threading.Thread(target=churn)
             t.start()
             print(f"load: concurrency {a.concurrency} for {a.seconds:.0f} s with artifact churn...", flush=True)
-            asyncio.run(load(url, payloads, a.concurrency, a.seconds, rows))
+            rows.extend(asyncio.run(load(url, "line", payloads, a.concurrency, a.seconds)))
             stop.set()
             t.join()
             time.sleep(1.5)

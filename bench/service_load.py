@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from bench.fit_eval import machine
+from bench.load import load, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,32 +46,6 @@ def bare_throughput(model: Path, images: list[Path], seconds: float, device: str
             n += bs
         out[f"bare_images_per_s_batch{bs}"] = n / (time.perf_counter() - t0)
     return out
-
-
-async def load(url: str, model: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-    stop = time.perf_counter() + seconds
-
-    async def client(i: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-            k = i
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                r = await c.post(f"/v1/models/{model}/inspect", content=payloads[k % len(payloads)],
-                                 headers={"content-type": "application/octet-stream"})
-                latencies.append(time.perf_counter() - t0)
-                codes[r.status_code] = codes.get(r.status_code, 0) + 1
-                k += concurrency
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    ok = codes.get(200, 0)
-    lat = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "seconds": elapsed, "requests": len(latencies), "ok": ok,
-            "status_counts": codes, "images_per_s": ok / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
 def main() -> None:
@@ -109,7 +83,9 @@ def main() -> None:
             rows = []
             for c in a.concurrency:
                 print(f"concurrency {c}...", flush=True)
-                rows.append(asyncio.run(load(url, "bench", payloads, c, a.seconds)))
+                t0 = time.perf_counter()
+                replies = asyncio.run(load(url, "bench", payloads, c, a.seconds))
+                rows.append(summary(replies, time.perf_counter() - t0, c))
                 print(rows[-1], flush=True)
         finally:
             server.terminate()

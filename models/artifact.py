@@ -26,12 +26,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from models.files import ARTIFACT_SUFFIX, ArtifactError
+
+__all__ = ["ArtifactError", "FORMAT", "SUFFIX", "atomic_write_bytes", "load_artifact", "save_artifact"]
+
 FORMAT = "sae-inspect/2"  # 2: the calibration states the alpha it guarantees
-SUFFIX = ".safetensors"
-
-
-class ArtifactError(ValueError):
-    """An artifact file cannot be used; the message names the file and the problem."""
+SUFFIX = ARTIFACT_SUFFIX
 
 
 def _digest(fmt: str, config: str, meta: str, tensors: dict[str, torch.Tensor]) -> str:

@@ -149,6 +149,12 @@ class ScoringConfig:
             raise ValueError("top_fraction must be in (0, 1]")
 
 
+PRECISION = "fp32"
+"""The precision every runtime computes in: fit, calibration, PyTorch CPU/CUDA serving and the ONNX graph.
+A threshold calibrated in one precision holds only for scores computed in the same one, so artifacts
+record it and a reader refuses any other (fp16 autocast on CUDA, which this product used once, is gone)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

@@ -78,6 +78,14 @@ def decide(score: float, threshold: float) -> bool:
     return bool(score > threshold)
 
 
+def decide_all(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """``decide`` over an array of scores (evaluation, reports) -> bool array."""
+    scores = np.asarray(scores, np.float64)
+    if not (np.isfinite(scores).all() and math.isfinite(threshold)):
+        raise ValueError("a decision needs finite scores and a finite threshold")
+    return scores > threshold
+
+
 def image_score(work_map: np.ndarray, mode: str = "max", top_fraction: float = 0.01) -> float:
     """(H, W) map -> scalar: its max, or the mean of its top `top_fraction` pixels."""
     if mode == "max":
@@ -92,6 +100,20 @@ def score_ratio(score: float, threshold: float) -> float | None:
     if threshold > 0 and math.isfinite(score) and math.isfinite(threshold):
         return score / threshold
     return None
+
+
+def score_scale(threshold: float, sorted_scores: np.ndarray) -> float:
+    """A positive scale for score differences (tolerances, colour maps): |threshold|, or the spread of the
+    calibration scores where that is larger (z-scored thresholds can be zero or negative)."""
+    spread = float(sorted_scores[-1] - sorted_scores[0]) if len(sorted_scores) else 0.0
+    return max(abs(threshold), spread, 1e-12)
+
+
+def normalized_map(work_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """Map -> [0, 1] for display: 0.5 at the pixel threshold, 1 at twice its distance from zero; the same as
+    map / (2 * threshold) for a positive threshold, and defined for a zero or negative one."""
+    scale = abs(pixel_threshold) if pixel_threshold != 0 else 1.0
+    return np.clip(0.5 + (work_map - pixel_threshold) / (2 * scale), 0.0, 1.0)
 
 
 class Region(NamedTuple):

@@ -20,14 +20,13 @@ import torch
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
-from models.config import NORMALIZE_CHOICES, ModelConfig
-from models.decision import find_regions
-from models.explain import Atlas, RegionExplanation, box_cells, explain_region
+from models.config import NORMALIZE_CHOICES, PRECISION, ModelConfig
+from models.explain import Atlas, RegionExplanation, explain_image
 from models.features import to_device
 from models.geometry import FeatureGrid
 from models.inspection import Calibration, Inspection, Scorer
 from models.net import ScoreStats, ScoringNet
-from models.preprocess import Picture, make_canvases, stitch, valid_cells
+from models.preprocess import Picture
 from models.sae import TopKSAE
 
 
@@ -116,6 +115,9 @@ class Detector(Scorer):
             dev = resolve_device(device)
             backbone = shared_backbone(config.backbone.name, config.backbone.stages,
                                        backbone_weights, str(dev))
+            if meta.get("precision") != PRECISION:
+                raise ArtifactError(f"{path}: calibrated in precision {meta.get('precision')!r}, but this build "
+                                    f"scores in {PRECISION!r}: its threshold would not hold; refit the model")
             expected = meta.get("backbone_sha256", "")
             if expected and _sha256_cached(backbone) not in ("", expected):
                 raise ArtifactError(
@@ -149,6 +151,7 @@ class Detector(Scorer):
         meta = dict(self.meta)
         meta["calibration"] = asdict(self.calibration) if self.calibration else None
         meta["backbone_sha256"] = _sha256_cached(self.backbone)
+        meta["precision"] = PRECISION
         return save_artifact(path, self.config.to_dict(), meta, tensors)
 
     @property
@@ -178,34 +181,6 @@ class Detector(Scorer):
         return torch.cat(out).numpy()
 
     def explain(self, image: Picture | np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
-        """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""
-        if self.atlas is None or self.calibration is None:
-            raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")
-        grid = self.grid
-        canvases, layout = make_canvases(image, self.config.preprocess)
-        passes = [self.canvas_pass(canvases[i : i + self.batch_size])
-                  for i in range(0, len(canvases), self.batch_size)]
-        maps = torch.cat([p.maps for p in passes]).numpy()
-        err = torch.cat([p.err for p in passes]).cpu()  # (N, h, w)
-        z = TopKSAE.densify(torch.cat([p.values for p in passes]), torch.cat([p.indices for p in passes]),
-                            self.sae.n_latents).cpu()  # (N, h, w, n)
-        result = self._inspection(stitch(maps, layout), layout)
-        found = find_regions(result.anomaly_map, self.calibration.pixel_threshold, (1.0, 1.0), max_regions,
-                             grid.min_region_area)
-        boxes = [(r.x, r.y, r.width, r.height) for r in found]
-        if not boxes:
-            py, px = np.unravel_index(int(result.anomaly_map.argmax()), result.anomaly_map.shape)
-            s = grid.stride
-            boxes = [(max(0, px - s // 2), max(0, py - s // 2), s, s)]
-        valid = torch.from_numpy(valid_cells(layout, grid))
-        (oh, ow), (wh, ww) = layout.original_hw, layout.work_hw
-        out = []
-        for x, y, w, h in boxes:
-            cy, cx = y + h / 2, x + w / 2
-            ci = next((i for i, (wy, wx, hh, wd) in enumerate(layout.windows)
-                       if wy <= cy < wy + hh and wx <= cx < wx + wd), 0)
-            cells = box_cells((x, y, w, h), layout.windows[ci], grid, layout.offset)
-            total = float(err[ci][valid[ci]].sum())
-            box = (round(x * ow / ww), round(y * oh / wh), max(1, round(w * ow / ww)), max(1, round(h * oh / wh)))
-            out.append(explain_region(z[ci], err[ci], cells, total, self.atlas, grid.cells, box))
-        return result, out
+        """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas
+        (``models.explain.explain_image``)."""
+        return explain_image(self, image, max_regions)

@@ -50,14 +50,13 @@ def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
 
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
                      std: tuple[float, ...], pool: int, device: torch.device) -> torch.Tensor:
-    """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (autocast fp16 on CUDA)."""
+    """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (fp32 on every device: see models.config.PRECISION)."""
     return backbone_features(backbone, to_batch(canvases, mean, std, device), pool)
 
 
 def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int) -> torch.Tensor:
-    """Normalised (N, 3, S, S) batch -> raw (N, h, w, C) patch features (backbone in fp16 autocast on CUDA)."""
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=x.device.type == "cuda"), \
-            record_function("backbone"):
+    """Normalised (N, 3, S, S) batch -> raw (N, h, w, C) patch features, in fp32 on every device."""
+    with record_function("backbone"):
         maps = backbone(x)
     return patch_features(maps, pool).permute(0, 2, 3, 1)
 
@@ -67,7 +66,12 @@ def standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     return (x - mean) / std
 
 
-def fit_standardization(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C) patches -> per-channel mean and std (floored at `eps`)."""
+def fit_standardization(x: torch.Tensor, rel_floor: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) patches -> per-channel mean and std. Each std is floored at `rel_floor` x the median channel
+    std (relative, not absolute): a channel that is near-constant on good parts would otherwise turn any
+    tiny change into a huge standardised value and dominate the score. A single patch gives std 0 -> the
+    floor (never NaN)."""
     x = x.double()
-    return x.mean(0).float(), x.std(0).clamp_min(eps).float()
+    std = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1], dtype=torch.float64)
+    floor = rel_floor * float(std.median()) if float(std.median()) > 0 else 1.0
+    return x.mean(0).float(), std.clamp_min(floor).float()

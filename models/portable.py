@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError
-from models.config import ModelConfig
+from models.config import PRECISION, ModelConfig
+from models.files import ONNX_SUFFIX, ArtifactError
 from models.geometry import FeatureGrid
 from models.inspection import Calibration, Scorer
 
-SUFFIX = ".onnx"
+SUFFIX = ONNX_SUFFIX
 META_KEY = "sae_inspect"
 DIGEST_KEY = "sae_inspect_digest"
 FORMAT = "sae-inspect-onnx/2"
@@ -92,6 +92,9 @@ class PortableDetector(Scorer):
         except OSError as e:
             raise ArtifactError(f"{path}: cannot read ({e.strerror})") from e
         model, meta = read_sealed(data, str(path))
+        if meta.get("precision") != PRECISION:
+            raise ArtifactError(f"{path}: calibrated in precision {meta.get('precision')!r}, but ONNX Runtime "
+                                f"scores this graph in {PRECISION!r}: its threshold would not hold; re-export")
         try:
             self.config = ModelConfig.from_dict(meta["config"])
             cal = Calibration(**{**meta["calibration"], "scores": tuple(meta["calibration"]["scores"])})
@@ -124,17 +127,26 @@ def export_metadata(config: ModelConfig, calibration: Calibration, meta: dict[st
     return {"config": config.to_dict(), "calibration": dataclasses.asdict(calibration),
             "version": meta.get("version", "unversioned"), "name": meta.get("name"),
             "created": meta.get("created"), "code_version": meta.get("code_version"),
-            "artifact_sha256": artifact_sha256, "input": INPUT, "output": OUTPUT,
+            "artifact_sha256": artifact_sha256, "input": INPUT, "output": OUTPUT, "precision": PRECISION,
             "input_layout": "N x size x size x 3 float32 RGB in [0, 1] (canvases of models.preprocess)"}
 
 
 def load_scorer(path: str | Path, device: str = "auto", alpha: float | None = None) -> Any:
-    """A `.safetensors` artifact (PyTorch) or an exported `.onnx` file (ONNX Runtime), optionally at
-    another operating point `alpha`; both score and decide through the same ``Scorer`` code."""
-    from models.detector import Detector
-
-    if Path(path).suffix == SUFFIX:
-        return PortableDetector(path, alpha)
+    """The one way to load a model file by its suffix: a `.safetensors` artifact (PyTorch) or an exported
+    `.onnx` file (ONNX Runtime), optionally at another operating point `alpha`; both score and decide
+    through the same ``Scorer`` code. A missing runtime is an ArtifactError naming what to install."""
+    path = Path(path)
+    if path.suffix == SUFFIX:
+        try:
+            return PortableDetector(path, alpha)
+        except ImportError as e:
+            raise ArtifactError(f"{path.name}: serving .onnx needs onnxruntime and onnx (missing: {e.name}); "
+                                "pip install 'sae-inspect[onnx]'") from e
+    try:
+        from models.detector import Detector
+    except ImportError as e:
+        raise ArtifactError(f"{path.name}: a .safetensors artifact needs PyTorch (missing: {e.name}); serve its "
+                            "exported .onnx instead, or install the full package") from e
     det = Detector.from_artifact(path, device)
     if alpha is not None and det.calibration is not None:
         det = det.replace(calibration=det.calibration.with_alpha(alpha))

@@ -69,10 +69,13 @@ def fit_position_stats(values: torch.Tensor, cells: torch.Tensor, n_cells: int, 
     total_sq = torch.bincount(flat, v * v, minlength=n_cells * n_cells)
     mean = total / count.clamp_min(1)
     var = (total_sq / count.clamp_min(1) - mean**2).clamp_min(0) * count / (count - 1).clamp_min(1)
-    g_mean, g_std = v.mean(), v.std()
+    g_mean = v.mean()
+    g_std = v.std() if len(v) > 1 else v.new_zeros(())
+    if not float(g_std) > 0:  # one sample, or no variation at all: a unit scale rather than NaN or 1e-12
+        g_std = torch.maximum(g_mean.abs(), v.new_ones(()))
     few = count < min_count
     mean = torch.where(few, g_mean, mean)
-    std = torch.where(few, g_std, var.sqrt()).clamp_min(floor * float(g_std) + 1e-12)
+    std = torch.where(few, g_std, var.sqrt()).clamp_min(floor * float(g_std))
     return mean.view(n_cells, n_cells).float(), std.view(n_cells, n_cells).float()
 
 

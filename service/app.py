@@ -5,15 +5,14 @@ JSON protocol errors), so it is neither documented nor deployed."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -21,100 +20,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.budget import PixelBudget
+from service.guards import BodyLimitError, GuardMiddleware
 from service.memory import return_large_frees_to_os
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.routes import ERROR_CODES, router
+from service.routes import router
+from service.schemas import error_code
 from service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("sae_inspect.service")
-
-
-class BodyLimitError(Exception):
-    def __init__(self, status: int, detail: str):
-        self.status, self.detail = status, detail
-
-
-class GuardMiddleware:
-    """Request id, in-flight gauge, response-code counter, body-size limit (413) and a total
-    body deadline (408).
-
-    Pure ASGI so the limit holds for chunked bodies without Content-Length too; the deadline
-    runs from the request's start and does not restart with each chunk, so a client dripping
-    one byte at a time cannot hold a request open.
-    """
-
-    def __init__(self, app: ASGIApp, max_body: int, body_timeout_s: float, metrics: Metrics):
-        self.app, self.max_body, self.timeout, self.metrics = app, max_body, body_timeout_s, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        headers = dict(scope.get("headers") or [])
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
-                self.metrics.responses.labels(str(message["status"])).inc()
-            await send(message)
-
-        declared = headers.get(b"content-length")
-        if declared is not None and b"transfer-encoding" in headers:  # RFC 9112 6.1: a smuggling vector
-            await self._reject(send_wrapper, 400, "a request may not carry both Content-Length and "
-                                                  "Transfer-Encoding", rid)
-            return
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await self._reject(send_wrapper, 413, f"request body of {int(declared)} bytes exceeds the limit of "
-                                                  f"{self.max_body} bytes", rid)
-            return
-        received = 0
-        deadline = asyncio.get_running_loop().time() + self.timeout
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
-            except TimeoutError:
-                raise BodyLimitError(408, f"request body did not arrive within {self.timeout:g} s of the "
-                                          "request's start") from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise BodyLimitError(413, f"request body exceeds the limit of {self.max_body} bytes")
-            return message
-
-        self.metrics.inflight.inc()
-        try:
-            await self.app(scope, limited_receive, send_wrapper)
-        except BodyLimitError as e:
-            if not started:
-                await self._reject(send_wrapper, e.status, e.detail, rid)
-        except Exception:  # noqa: BLE001 - answered here, inside the guard, so the 500 is counted and tagged
-            log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
-            if not started:
-                await self._reject(send_wrapper, 500, "internal error; see the server log with this request_id",
-                                   rid, close=False)
-        finally:
-            self.metrics.inflight.dec()
-
-    @staticmethod
-    async def _reject(send: Send, status: int, detail: str, rid: str, close: bool = True) -> None:
-        response = JSONResponse({"error": _code(status), "detail": detail, "request_id": rid}, status,
-                                headers={"connection": "close"} if close else None)
-        await response({"type": "http"}, _empty_receive, send)
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.disconnect"}
 
 
 def _error(request: Request, status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -135,7 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
+        if settings.torch_threads and importlib.util.find_spec("torch") is not None:
+            import torch  # lazily: an ONNX-only install serves without it
+
             torch.set_num_threads(settings.torch_threads)
         executor = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one device, one runner
         app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
@@ -184,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return _error(request, exc.status_code, _code(exc.status_code), detail, getattr(exc, "headers", None))
+        return _error(request, exc.status_code, error_code(exc.status_code), detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -193,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(BodyLimitError)
     async def body_error(request: Request, exc: BodyLimitError) -> JSONResponse:
-        return _error(request, exc.status, _code(exc.status), exc.detail)
+        return _error(request, exc.status, error_code(exc.status), exc.detail)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -221,7 +139,3 @@ class ConsoleStatic(StaticFiles):
         response = await super().get_response(path, scope)
         response.headers.update(CONSOLE_HEADERS)
         return response
-
-
-def _code(status: int) -> str:
-    return ERROR_CODES.get(status, "error")

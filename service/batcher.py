@@ -13,14 +13,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from models.detector import Detector
-from models.explain import RegionExplanation
-from models.inspection import Inspection
+from models.inspection import Inspection, Scorer
 from service.metrics import Metrics
+
+if TYPE_CHECKING:  # explanations exist only where PyTorch does; the batcher itself never needs it
+    from models.explain import RegionExplanation
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class BatcherClosed(Exception):
 
 class Result(NamedTuple):
     inspection: Inspection
-    detector: Detector
+    detector: Scorer
     """The model that produced this result (its version goes into the response)."""
     queue_seconds: float
     inference_seconds: float
@@ -52,7 +53,7 @@ class _Item(NamedTuple):
 
 
 class MicroBatcher:
-    def __init__(self, name: str, detector: Detector, executor: Executor, metrics: Metrics,
+    def __init__(self, name: str, detector: Scorer, executor: Executor, metrics: Metrics,
                  max_batch: int, max_wait_s: float, queue_size: int):
         self.name, self.detector, self.executor, self.metrics = name, detector, executor, metrics
         self.max_batch, self.max_wait_s = max_batch, max_wait_s

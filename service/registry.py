@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.artifact import SUFFIX, ArtifactError
-from models.backbone import BackboneError
-from models.detector import Detector
-from models.portable import SUFFIX as ONNX_SUFFIX
-from models.portable import PortableDetector
+from models.files import ARTIFACT_SUFFIX as SUFFIX
+from models.files import ONNX_SUFFIX, ArtifactError
+from models.inspection import Scorer
+from models.portable import load_scorer
 from service.batcher import MicroBatcher
 from service.metrics import Metrics
 from service.settings import Settings
@@ -44,7 +43,7 @@ def valid_name(name: str) -> bool:
 @dataclass
 class Served:
     name: str
-    detector: Detector
+    detector: Scorer
     batcher: MicroBatcher
     path: Path
     stamp: tuple[int, int]
@@ -104,14 +103,8 @@ class ModelRegistry:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
 
-    def _load_and_warm(self, path: Path) -> Detector | PortableDetector:
-        if path.suffix == ONNX_SUFFIX:
-            try:
-                det = PortableDetector(path)
-            except ImportError as e:
-                raise ArtifactError(f"{path.name}: serving .onnx needs onnxruntime (pip install onnxruntime)") from e
-        else:
-            det = Detector.from_artifact(path, self.settings.device)
+    def _load_and_warm(self, path: Path) -> Scorer:
+        det = load_scorer(path, self.settings.device)
         if det.calibration is None:
             raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
         det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs
@@ -126,7 +119,7 @@ class ModelRegistry:
             try:
                 stamp = self._stamp(path)
                 det = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_and_warm, path)
-            except (ArtifactError, BackboneError, OSError, ValueError, RuntimeError) as e:
+            except (ArtifactError, OSError, ValueError, RuntimeError) as e:  # BackboneError is a ValueError
                 msg = str(e).replace(str(self.settings.models_dir) + "/", "")  # no server paths in replies
                 self.failures[name] = LoadFailure(name, msg)
                 self.metrics.reloads.labels(name, "failed").inc()
@@ -152,7 +145,7 @@ class ModelRegistry:
             await old.batcher.drain_and_stop()
         return self.models[name]
 
-    def _publish(self, name: str, det: Detector, old: Detector | None) -> None:
+    def _publish(self, name: str, det: Scorer, old: Scorer | None) -> None:
         if old is not None:
             try:
                 self.metrics.model_info.remove(name, old.version, old.config.backbone.name)

@@ -7,6 +7,7 @@ import base64
 import cv2
 import numpy as np
 
+from models.decision import normalized_map
 from models.inspection import Inspection
 from models.preprocess import Picture
 
@@ -25,7 +26,7 @@ def overlay_png(image: Picture, r: Inspection, pixel_threshold: float, max_side:
     """JET colour map over the image; red = at or above twice the pixel threshold."""
     h, w = _bounded(*r.layout.original_hw, max_side)
     amap = _map_at(r, h, w)
-    norm = np.clip(amap / (2 * pixel_threshold), 0, 1)
+    norm = normalized_map(amap, pixel_threshold)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     px = image.pixels if image.pixels.dtype == np.uint8 else (np.clip(image.pixels, 0, 1) * 255).astype(np.uint8)
     base = cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)[..., ::-1]

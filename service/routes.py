@@ -4,37 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
 import time
 from typing import Annotated, Literal
 
-import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile
 
-from models.artifact import ArtifactError
 from models.decision import UnsupportedAlpha, score_ratio
-from models.explain import atlas_png
-from models.imageio import ImageDecodeError, probe_image
+from models.files import ArtifactError
 from models.inspection import NonFiniteScore, at_operating_point
 from models.preprocess import Picture
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
-from service.budget import BudgetBusy, PixelBudget
 from service.metrics import Metrics
 from service.registry import ModelRegistry, Served, valid_name
-from service.render import b64, overlay_png, raw_map
+from service.replies import build_reply, explanation
 from service.settings import Settings
+from service.uploads import decode_upload, images_from_request
 
 router = APIRouter()
-DECODE_STATUS = {"invalid": 422, "unsupported": 415, "too_large": 413}
 DECODE_OUTCOMES = {413: "too_large", 415: "unsupported", 503: "overloaded", 404: "unloaded"}
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error", 503: "overloaded"}
-
-
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -69,84 +60,6 @@ HeatmapQ = Annotated[Literal["none", "png", "raw"], Query(description="include a
 ExplainQ = Annotated[bool, Query(description="explain the anomalous regions with the SAE's latent atlas")]
 AlphaQ = Annotated[float | None, Query(gt=0, lt=1, description="decide at this false-alarm rate instead of the "
                                        "calibrated one (threshold from the model's calibration scores)")]
-
-
-def _safe_name(name: str | None) -> str | None:
-    return name.replace("\\", "/").rsplit("/", 1)[-1][:255] if name else None
-
-
-async def _images_from_request(request: Request, settings: Settings, many: bool) -> list[tuple[str | None, bytes]]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        form = await request.form(max_files=settings.max_batch_files if many else 1, max_fields=16)
-        # only the base name of a client's file name is kept, and only to echo it back
-        files = [(_safe_name(v.filename), await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
-            raise HTTPException(422, "multipart body holds no file; send the image in a file field")
-        return files
-    if many:
-        raise HTTPException(415, "batch inspection takes multipart/form-data with one file field per image")
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        return [(None, await request.body())]
-    raise HTTPException(415, f"content type {ctype or '(none)'!r} is not an image; send image/* or multipart")
-
-
-async def _decode(request: Request, model: str, data: bytes, settings: Settings, name: str | None) -> Picture:
-    """Header first (format, pixel count), then a decode reduced to the model's working resolution,
-    holding that many pixels of the server-wide decode budget while it runs."""
-    registry: ModelRegistry = request.app.state.registry
-    budget: PixelBudget = request.app.state.budget
-    loop = asyncio.get_running_loop()
-    try:  # nothing that parses an upload runs on the event loop: /healthz stays prompt
-        header = await loop.run_in_executor(request.app.state.decode_pool, probe_image, data, settings.max_pixels,
-                                            "image")
-        served = registry.models.get(model)
-        if served is None:
-            raise HTTPException(404, f"model {model!r} was unloaded")
-        async with budget.hold(header.pixels, settings.decode_wait_s):
-            return await loop.run_in_executor(request.app.state.decode_pool, served.detector.decode, data,
-                                              settings.max_pixels, "image")
-    except ImageDecodeError as e:
-        raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
-    except BudgetBusy:
-        raise HTTPException(503, "the server is decoding as many pixels as it may hold; retry shortly",
-                            headers={"Retry-After": "1"}) from None
-
-
-def _response(request: Request, name: str, image: Picture, result: Result, filename: str | None,
-              decode_s: float, t0: float, heatmap: str, settings: Settings) -> schemas.Inspection:
-    r = result.inspection
-    det = result.detector
-    hm = None
-    if heatmap != "none":
-        pix = det.calibration.pixel_threshold
-        data, w, h = overlay_png(image, r, pix, settings.heatmap_max_side) if heatmap == "png" \
-            else raw_map(r, settings.heatmap_max_side)
-        hm = schemas.Heatmap(format=heatmap, width=w, height=h, data=b64(data), pixel_threshold=pix)
-    return schemas.Inspection(
-        request_id=request.scope["state"]["request_id"], model=name, model_version=det.version,
-        filename=filename, score=r.score, threshold=r.threshold, alpha=r.alpha, p_value=r.p_value,
-        verdict="anomalous" if r.anomalous else "good", image_width=r.layout.original_hw[1],
-        image_height=r.layout.original_hw[0], regions=[schemas.RegionOut(**x._asdict()) for x in r.regions],
-        timings=schemas.Timings(decode_ms=decode_s * 1e3, queue_ms=result.queue_seconds * 1e3,
-                                inference_ms=result.inference_seconds * 1e3,
-                                total_ms=(time.perf_counter() - t0) * 1e3, batch_size=result.batch_size),
-        heatmap=hm)
-
-
-def _explanation(det, regions, seconds: float) -> schemas.Explanation:
-    def pngs(j: int) -> list[str]:
-        return [b64(p) for p in atlas_png(det.atlas, j)]
-
-    out = []
-    for e in regions:
-        x, y, w, h = e.box
-        out.append(schemas.RegionExplanationOut(
-            x=x, y=y, width=w, height=h, error_share=e.error_share, kind=e.kind, novelty=e.novelty,
-            misplacement=e.misplacement,
-            unusual=[schemas.LatentOut(**u._asdict(), atlas=pngs(u.latent)) for u in e.unusual],
-            expected=[schemas.ExpectedOut(latent=j, rate_here=r, atlas=pngs(j)) for j, r in e.expected]))
-    return schemas.Explanation(regions=out, seconds=seconds)
 
 
 def _check_alpha(served: Served, alpha: float | None) -> None:
@@ -184,7 +97,7 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                        alpha: float | None = None) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
-        image = await _decode(request, name, data, settings, filename)
+        image = await decode_upload(request, name, data, settings, filename)
     except HTTPException as e:
         metrics.requests.labels(name, DECODE_OUTCOMES.get(e.status_code, "bad_image")).inc()
         raise
@@ -206,9 +119,9 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                                                                    alpha))
         except UnsupportedAlpha as e:
             raise HTTPException(422, str(e)) from None
-    resp = _response(request, name, image, result, filename, decode_s, t0, heatmap, settings)
+    resp = build_reply(request, name, image, result, filename, decode_s, t0, heatmap, settings)
     if explain:
-        resp.explanation = _explanation(result.detector, result.explanation, result.inference_seconds)
+        resp.explanation = explanation(result.detector, result.explanation, result.inference_seconds)
     r = result.inspection
     metrics.requests.labels(name, resp.verdict).inc()
     metrics.images.labels(name).inc()
@@ -241,7 +154,7 @@ async def inspect(request: Request, served: Model, settings: Annotated[Settings,
                   explain: ExplainQ = False, alpha: AlphaQ = None) -> schemas.Inspection:
     """Inspect one image: multipart upload (any file field) or a raw image/* body."""
     _check_alpha(served, alpha)
-    (filename, data), = await _images_from_request(request, settings, many=False)
+    (filename, data), = await images_from_request(request, settings, many=False)
     return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain, alpha)
 
 
@@ -254,15 +167,15 @@ async def inspect_batch(request: Request, served: Model, settings: Annotated[Set
     """Inspect several images sent as multipart file fields; they share micro-batches (and the queue,
     explanations included)."""
     _check_alpha(served, alpha)
-    files = await _images_from_request(request, settings, many=True)
+    files = await images_from_request(request, settings, many=True)
 
     async def one(filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
         try:
             return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain,
                                       alpha)
         except HTTPException as e:  # this file alone failed; its metric was counted in _inspect_one
-            return schemas.ImageError(filename=filename, status=e.status_code, error=ERROR_CODES.get(
-                e.status_code, "error"), detail=str(e.detail))
+            return schemas.ImageError(filename=filename, status=e.status_code,
+                                      error=schemas.error_code(e.status_code), detail=str(e.detail))
 
     results = await asyncio.gather(*(one(f, d) for f, d in files))
     if all(isinstance(r, schemas.ImageError) and r.status == 503 for r in results):
@@ -319,12 +232,14 @@ async def reload_one(name: str, registry: Annotated[ModelRegistry, Depends(get_r
     return {"model": name, "version": served.detector.version, "outcome": "loaded"}
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", tags=["ops"])
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["ops"])
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", tags=["ops"])
 async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Response:
     ready = registry.ready
     body = {"ready": ready, "models": {n: s.detector.version for n, s in registry.models.items()},
@@ -334,6 +249,7 @@ async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(ge
 
 @router.get("/metrics", tags=["ops"])
 async def metrics_endpoint(metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # only where a PyTorch model made torch load: never imported for this
+    if torch is not None and torch.cuda.is_available():
         metrics.gpu_memory.set(torch.cuda.memory_allocated())
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

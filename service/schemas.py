@@ -129,3 +129,13 @@ class ErrorBody(BaseModel):
     error: str
     detail: str
     request_id: str | None = None
+
+
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error", 503: "overloaded"}
+"""The ``error`` field of every error body, by HTTP status."""
+
+
+def error_code(status: int) -> str:
+    return ERROR_CODES.get(status, "error")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from models.decision import min_alpha
 from models.detector import Detector
 from models.inspection import Calibration
-from training.fit import iter_images
+from training.data import iter_images
 
 log = logging.getLogger(__name__)
 MAX_PIXEL_SAMPLE = 2_000_000

@@ -155,8 +155,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     images = good_images(a.images)
     step = max(1, len(images) // 64)
     summary = export_onnx(det, Path(a.model), Path(a.out), images[::step][:64], a.tolerance or TOLERANCE)
-    log.info("wrote %s (%.1f MB): scores of %d images match PyTorch within %.1e x the threshold (worst %s)",
-             a.out, summary["bytes"] / 2**20, summary["images"], summary["max_score_gap_over_threshold"],
+    log.info("wrote %s (%.1f MB): scores of %d images match PyTorch within %.1e x the score scale (worst %s)",
+             a.out, summary["bytes"] / 2**20, summary["images"], summary["max_score_gap_over_scale"],
              summary["worst_image"])
 
 

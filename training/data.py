@@ -1,13 +1,20 @@
-"""Finding images: plain folders of good images, or MVTec-layout category folders."""
+"""Finding and streaming images: plain folders of good images, or MVTec-layout category folders."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.imageio import list_images
+from models.config import PreprocessConfig
+from models.imageio import ImageDecodeError, list_images, read_image
+from models.preprocess import Picture
+
+log = logging.getLogger(__name__)
 
 
 def good_images(folders: Sequence[str | Path]) -> list[Path]:
@@ -56,3 +63,28 @@ def mvtec_test_set(root: str | Path) -> list[TestItem]:
     if not any(i.defect != "good" for i in items):
         raise ValueError(f"{root}: test/ holds no defect folders")
     return items
+
+
+def iter_images(paths: Sequence[Path], preprocess: PreprocessConfig, workers: int = 2,
+                ahead: int = 16) -> Iterator[tuple[Path, Picture | None]]:
+    """Decode files for a model's geometry in the background, at most `ahead` files in memory at once.
+
+    Unreadable files yield None with a warning naming them.
+    """
+    def load(p: Path) -> Picture | None:
+        try:
+            return read_image(p, preprocess)
+        except ImageDecodeError as e:
+            log.warning("skipping %s", e)
+            return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        window: deque = deque()
+        for p in paths:
+            window.append((p, pool.submit(load, p)))
+            if len(window) >= ahead:
+                q, fut = window.popleft()
+                yield q, fut.result()
+        while window:
+            q, fut = window.popleft()
+            yield q, fut.result()

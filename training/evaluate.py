@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from models.artifact import atomic_write_bytes
+from models.decision import decide_all
 from models.detector import Detector
 from training.calibrate import score_files
 from training.data import mvtec_test_set
@@ -37,7 +38,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     kinds = [by_path[p].defect for p in kept]
     labels = np.array([k != "good" for k in kinds])
     cal = detector.calibration
-    flagged = scores > cal.threshold
+    flagged = decide_all(scores, cal.threshold)
     metrics: dict[str, Any] = {"n_images": len(kept), "n_skipped": len(skipped), "skipped": skipped,
                                "image_auroc": auroc(labels, scores), "threshold": cal.threshold,
                                "alpha": cal.alpha}
@@ -58,7 +59,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     metrics["f1"] = 2 * precision * metrics["recall"] / max(precision + metrics["recall"], 1e-12)
     metrics["recall_by_defect"] = {k: float(flagged[[x == k for x in kinds]].mean())
                                    for k in sorted(set(kinds) - {"good"})}
-    details = {"paths": kept, "kinds": kinds, "scores": scores, "labels": labels, "maps": maps}
+    details = {"paths": kept, "kinds": kinds, "scores": scores, "labels": labels, "maps": maps, "flagged": flagged}
     return metrics, details
 
 
@@ -68,7 +69,7 @@ def write_results(metrics: dict[str, Any], details: dict[str, Any], detector: De
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     rows = ["path,defect,score,flagged"] + [
-        f"{p},{k},{s:.6g},{int(s > detector.calibration.threshold)}"
-        for p, k, s in zip(details["paths"], details["kinds"], details["scores"], strict=True)]
+        f"{p},{k},{s:.6g},{int(f)}"
+        for p, k, s, f in zip(details["paths"], details["kinds"], details["scores"], details["flagged"], strict=True)]
     atomic_write_bytes(out / "scores.csv", ("\n".join(rows) + "\n").encode())
     write_report(details, detector, out / "report.png")

@@ -3,8 +3,9 @@
 The scoring network (``models.net.ScoringNet``, the module ``Detector`` runs) is traced with
 ``torch.onnx.export`` (dynamo exporter, dynamic batch), sealed with the metadata of
 ``models.portable``, and run with ONNX Runtime on the validation images beside PyTorch. If
-any image's score differs by more than ``tolerance`` x the threshold, nothing is written and
-the error names the worst image. The file is written atomically.
+any image's score differs by more than ``tolerance`` x the score scale
+(``models.decision.score_scale``), nothing is written and the error names the worst image.
+The file is written atomically.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.artifact import ArtifactError, atomic_write_bytes
+from models.decision import score_scale
 from models.detector import Detector
 from models.imageio import ImageDecodeError
 from models.net import ScoringNet
@@ -25,7 +28,8 @@ from models.portable import INPUT, OUTPUT, PortableDetector, export_metadata, se
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-3
-"""Largest accepted |score(ONNX) - score(PyTorch)| as a fraction of the threshold."""
+"""Largest accepted |score(ONNX) - score(PyTorch)| as a fraction of the score scale (``score_scale``:
+|threshold|, or the calibration scores' spread where larger, so a zero or negative threshold is safe)."""
 
 
 class _MapsOnly(torch.nn.Module):
@@ -67,6 +71,7 @@ def export_onnx(det: Detector, artifact: Path, out: Path, images: Sequence[Path]
         portable = PortableDetector(candidate)
         worst = (0.0, None)
         scored = 0
+        scale = score_scale(det.calibration.threshold, np.asarray(det.calibration.scores))
         for p in images:
             try:
                 pic = det.read(p)
@@ -74,7 +79,7 @@ def export_onnx(det: Detector, artifact: Path, out: Path, images: Sequence[Path]
                 log.warning("validation: skipping %s", e)
                 continue
             a, b = det.inspect([pic])[0], portable.inspect([pic])[0]
-            gap = abs(a.score - b.score) / det.calibration.threshold
+            gap = abs(a.score - b.score) / scale
             if gap >= worst[0]:
                 worst = (gap, p)
             scored += 1
@@ -83,9 +88,9 @@ def export_onnx(det: Detector, artifact: Path, out: Path, images: Sequence[Path]
     if scored == 0:
         raise ValueError("export validation needs at least one readable image (--images)")
     if worst[0] > tolerance:
-        raise ArtifactError(f"ONNX scores differ from PyTorch by {worst[0]:.2e} x the threshold on {worst[1]} "
+        raise ArtifactError(f"ONNX scores differ from PyTorch by {worst[0]:.2e} x the score scale on {worst[1]} "
                             f"(tolerance {tolerance:g}); nothing written")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(out), data)
-    return {"images": scored, "max_score_gap_over_threshold": worst[0], "worst_image": str(worst[1]),
+    return {"images": scored, "max_score_gap_over_scale": worst[0], "worst_image": str(worst[1]),
             "bytes": len(data), "tolerance": tolerance}

@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,15 +21,15 @@ import torch
 from tqdm import tqdm
 
 from models.backbone import Backbone
-from models.config import ModelConfig, PreprocessConfig
+from models.config import ModelConfig
 from models.detector import Detector, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
-from models.imageio import ImageDecodeError, read_image
 from models.net import ScoreStats
-from models.preprocess import Picture, make_canvases, valid_cells
+from models.preprocess import make_canvases, valid_cells
 from models.sae import TopKSAE, auxk_loss, fvu, patch_error
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
+from training.data import iter_images
 
 log = logging.getLogger(__name__)
 
@@ -92,31 +90,6 @@ class Reservoir:
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         n = min(self.seen, self.capacity)
         return self.data[:n], self.tags[:n]
-
-
-def iter_images(paths: Sequence[Path], preprocess: PreprocessConfig, workers: int = 2,
-                ahead: int = 16) -> Iterator[tuple[Path, Picture | None]]:
-    """Decode files for a model's geometry in the background, at most `ahead` files in memory at once.
-
-    Unreadable files yield None with a warning naming them.
-    """
-    def load(p: Path) -> Picture | None:
-        try:
-            return read_image(p, preprocess)
-        except ImageDecodeError as e:
-            log.warning("skipping %s", e)
-            return None
-
-    with ThreadPoolExecutor(workers) as pool:
-        window: deque = deque()
-        for p in paths:
-            window.append((p, pool.submit(load, p)))
-            if len(window) >= ahead:
-                q, fut = window.popleft()
-                yield q, fut.result()
-        while window:
-            q, fut = window.popleft()
-            yield q, fut.result()
 
 
 class Extracted(NamedTuple):

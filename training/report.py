@@ -16,12 +16,12 @@ from models.preprocess import Picture, as_picture, make_canvases  # noqa: E402
 from training.metrics import auroc, roc_curve  # noqa: E402
 
 
-def _pick(details: dict[str, Any], threshold: float, n: int = 4) -> list[tuple[str, int]]:
-    s, y = details["scores"], details["labels"]
+def _pick(details: dict[str, Any], n: int = 4) -> list[tuple[str, int]]:
+    s, y, flagged = details["scores"], details["labels"], details["flagged"]
     idx = np.arange(len(s))
-    false_alarms = sorted(idx[(~y) & (s > threshold)], key=lambda i: -s[i])[:n]
-    missed = sorted(idx[y & (s <= threshold)], key=lambda i: s[i])[:n]
-    hits = idx[y & (s > threshold)]
+    false_alarms = sorted(idx[(~y) & flagged], key=lambda i: -s[i])[:n]
+    missed = sorted(idx[y & ~flagged], key=lambda i: s[i])[:n]
+    hits = idx[y & flagged]
     typical = list(hits[np.argsort(s[hits])][:: max(1, len(hits) // n)][:n]) if len(hits) else []
     return [("false alarm", i) for i in false_alarms] + [("missed", i) for i in missed] + \
         [("hit", i) for i in typical]
@@ -30,7 +30,7 @@ def _pick(details: dict[str, Any], threshold: float, n: int = 4) -> list[tuple[s
 def write_report(details: dict[str, Any], detector: Detector, path: Path) -> None:
     cal = detector.calibration
     s, y = details["scores"], details["labels"]
-    picks = _pick(details, cal.threshold)
+    picks = _pick(details)
     cols = 4
     rows = 1 + (len(picks) + cols - 1) // cols
     fig = plt.figure(figsize=(4 * cols, 3.6 * rows))

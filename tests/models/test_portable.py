@@ -19,7 +19,7 @@ REAL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic_t
 def exported(detector, artifact, dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "parts.onnx"
     summary = export_onnx(detector, artifact, out, list_images(dataset / "train" / "good")[:8])
-    assert summary["images"] == 8 and summary["max_score_gap_over_threshold"] <= TOLERANCE
+    assert summary["images"] == 8 and summary["max_score_gap_over_scale"] <= TOLERANCE
     return out
 
 
@@ -134,3 +134,51 @@ def test_alpha_below_what_the_calibration_supports_is_refused_by_the_reader(dete
     with pytest.raises(UnsupportedAlpha, match=f"with n = {n} calibration images"):
         load_scorer(exported, alpha=0.5 / (n + 1))
     assert load_scorer(exported, alpha=1 / (n + 1)).calibration.threshold == detector.calibration.scores[-1]
+
+
+TORCH_BLOCKED = r'''
+import importlib.abc, json, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm"):
+            raise ModuleNotFoundError(f"blocked for this test: {name}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+onnx_path, models_dir, image_path = sys.argv[1:4]
+from models.portable import load_scorer
+det = load_scorer(onnx_path)
+r = det.inspect([det.read(image_path)])[0]
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+with TestClient(create_app(Settings(models_dir=models_dir, watch_interval_s=0))) as c:
+    body = c.post("/v1/models/parts/inspect", content=open(image_path, "rb").read(),
+                  headers={"content-type": "image/png"}).json()
+    card = c.get("/v1/models/parts").json()
+    metrics_ok = c.get("/metrics").status_code == 200
+print(json.dumps({"reader": r.score, "service": body["score"], "runtime": card["runtime"], "metrics": metrics_ok,
+                  "torch_loaded": "torch" in sys.modules}))
+'''
+
+
+def test_onnx_reader_and_service_run_with_torch_blocked(exported, detector, dataset, tmp_path):
+    """An ONNX-only install: the reader and the whole service score an export with `import torch` failing."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(exported, models / "parts.onnx")
+    image = list_images(dataset / "test" / "good")[0]
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", TORCH_BLOCKED, str(exported), str(models), str(image)], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["runtime"] == "onnxruntime" and got["metrics"] and not got["torch_loaded"]
+    expected = detector.inspect([detector.read(image)])[0].score
+    assert got["reader"] == got["service"] and abs(got["reader"] - expected) <= TOLERANCE * abs(expected)

@@ -119,3 +119,15 @@ def test_a_config_missing_a_field_is_refused_never_guessed():
     del d["scoring"]["normalize"]
     with pytest.raises(ValueError, match=r"missing: \['normalize'\]"):
         ModelConfig.from_dict(d)
+
+
+def test_position_stats_with_one_sample_or_no_variation_are_finite():
+    one = fit_position_stats(torch.tensor([2.0]), torch.tensor([[0, 0]]), 2, min_count=1)
+    flat = fit_position_stats(torch.full((50,), 3.0), torch.zeros(50, 2, dtype=torch.long), 2)
+    for mean, std in (one, flat):
+        assert torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()
+    # a cell where good parts never vary is floored relative to the global spread, not at 1e-12
+    values = torch.cat([torch.full((20,), 5.0), torch.randn(200, generator=torch.Generator().manual_seed(0))])
+    cells = torch.cat([torch.zeros(20, 2), torch.ones(200, 2)]).long()
+    _, std = fit_position_stats(values, cells, 2)
+    assert float(std[0, 0]) >= 0.05 * float(values.std()) * 0.999

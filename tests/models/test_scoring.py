@@ -81,3 +81,27 @@ def test_map_operator_equals_upsampling_then_2d_gaussian(size, cells, sigma):
     err = torch.rand(3, cells, cells, generator=torch.Generator().manual_seed(1)) * 5
     np.testing.assert_allclose(anomaly_maps(err, size, sigma).numpy(), reference_maps(err, size, sigma).numpy(),
                                atol=2e-5, rtol=1e-5)
+
+
+def test_standardization_floor_is_relative_and_never_nan():
+    from models.features import fit_standardization
+
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0)) * 2.0
+    x[:, 3] = 7.0 + 1e-9 * torch.arange(500)  # near-constant on good parts
+    mean, std = fit_standardization(x)
+    assert float(std[3]) >= 0.01 * float(std.median()) * 0.999  # cannot blow a tiny change up
+    assert torch.allclose(std[:3], x[:, :3].double().std(0).float())
+    m1, s1 = fit_standardization(x[:1])
+    assert torch.isfinite(m1).all() and torch.isfinite(s1).all() and (s1 > 0).all()
+
+
+def test_score_scale_and_display_map_handle_zero_and_negative_thresholds():
+    from models.decision import normalized_map, score_scale
+
+    s = np.array([-1.0, 0.0, 2.0])
+    assert score_scale(0.0, s) == 3.0 and score_scale(-0.5, s) == 3.0 and score_scale(5.0, s) == 5.0
+    m = np.array([[0.0, 1.0, 2.0]])
+    np.testing.assert_allclose(normalized_map(m, 1.0), m / 2)  # the old formula for a positive threshold
+    for t in (0.0, -1.0):
+        out = normalized_map(m, t)
+        assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1

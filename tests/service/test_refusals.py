@@ -67,7 +67,7 @@ def test_a_500_is_counted_and_carries_a_request_id(client, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr("service.routes._response", boom)
+    monkeypatch.setattr("service.routes.build_reply", boom)
     before = metric(client, "sae_inspect_http_responses_total", code="500")
     r = client.post("/v1/models/parts/inspect", content=part_png(2), headers=HDR)
     assert r.status_code == 500 and r.json()["error"] == "internal_error"

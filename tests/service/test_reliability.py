@@ -7,12 +7,12 @@ import re
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from bench.images import part_png
+from bench.load import load
 from bench.servers import rss_bytes, server_process, wait_until
 
 GOOD = part_png(21)
@@ -20,28 +20,18 @@ HDR = {"content-type": "image/png"}
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _load(url: str, concurrency: int, seconds: float) -> dict[int, int]:
+def _load(url: str, concurrency: int, seconds: float) -> dict[int, int]:
     codes: dict[int, int] = {}
-    stop = time.perf_counter() + seconds
-
-    async def client() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            while time.perf_counter() < stop:
-                try:
-                    r = await c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR)
-                    codes[r.status_code] = codes.get(r.status_code, 0) + 1
-                except httpx.HTTPError:
-                    codes[0] = codes.get(0, 0) + 1
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    for r in asyncio.run(load(url, "parts", [GOOD], concurrency, seconds, "image/png")):
+        codes[r.status] = codes.get(r.status, 0) + 1
     return codes
 
 
 def test_sustained_load_no_5xx_and_flat_memory(models_dir):
     with server_process(models_dir, SAE_INSPECT_QUEUE_SIZE="16") as (url, proc):
-        asyncio.run(_load(url, 32, 4))  # warm up: full batches, allocator caches
+        _load(url, 32, 4)  # warm up: full batches, allocator caches
         before = rss_bytes(proc.pid)
-        codes = asyncio.run(_load(url, 32, 6))
+        codes = _load(url, 32, 6)
         grown = rss_bytes(proc.pid) - before
     print(f"status counts at concurrency 32 for 6 s: {codes}; RSS growth {grown / 2**20:.1f} MiB")
     assert codes.get(200, 0) > 0

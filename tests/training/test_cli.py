@@ -31,10 +31,10 @@ def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     det = Detector.from_artifact(fitted, "cpu")
     cal = det.calibration
     assert cal.requested_alpha == CalibrationConfig.alpha  # CLI defaults are the dataclass defaults
-    # 8 calibration images cannot support alpha=0.01: the card states the alpha it guarantees, 1/(n+1),
+    # 7-8 calibration images cannot support alpha=0.01: the card states the alpha it guarantees, 1/(n+1),
     # and the threshold is the largest calibration score
     n = len(cal.scores)
-    assert n == 8 and cal.alpha == pytest.approx(1 / (n + 1)) and cal.threshold == cal.scores[-1]
+    assert n in (7, 8) and cal.alpha == pytest.approx(1 / (n + 1)) and cal.threshold == cal.scores[-1]
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), cal.alpha)
     assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
     # 25 files, 8 held out for calibration, the unreadable one skipped wherever it landed
@@ -63,9 +63,10 @@ def test_score_reports_per_file(fitted, small_data, tmp_path, capsys):
 
 def test_score_refuses_an_alpha_the_calibration_cannot_support(fitted, small_data, capsys):
     img = next((small_data / "test" / "good").iterdir())
+    n = len(Detector.from_artifact(fitted, "cpu").calibration.scores)
     assert main(["score", str(fitted), str(img), "--alpha", "0.01", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "alpha=0.01 is below the smallest false-alarm rate" in err and "1/(n+1) = 0.111111" in err
+    assert "alpha=0.01 is below the smallest false-alarm rate" in err and f"1/(n+1) = {1 / (n + 1):.6g}" in err
 
 
 def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp_path):

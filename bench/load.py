@@ -1,0 +1,54 @@
+"""The one async load generator: `concurrency` clients post images to a model for `seconds`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import NamedTuple
+
+import httpx
+import numpy as np
+
+
+class Reply(NamedTuple):
+    status: int
+    """HTTP status, or 0 when the request failed at the transport (the error is in `version`)."""
+    version: str | None
+    """The model version that answered (200 only), or the transport error."""
+    seconds: float
+
+
+async def load(url: str, model: str, payloads: list[bytes], concurrency: int, seconds: float,
+               content_type: str = "application/octet-stream") -> list[Reply]:
+    """Every reply, in completion order; client i sends payloads i, i + concurrency, ..."""
+    stop = time.perf_counter() + seconds
+    replies: list[Reply] = []
+
+    async def client(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            k = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post(f"/v1/models/{model}/inspect", content=payloads[k % len(payloads)],
+                                     headers={"content-type": content_type})
+                    version = r.json().get("model_version") if r.status_code == 200 else None
+                    replies.append(Reply(r.status_code, version, time.perf_counter() - t0))
+                except httpx.HTTPError as e:
+                    replies.append(Reply(0, repr(e), time.perf_counter() - t0))
+                k += concurrency
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return replies
+
+
+def summary(replies: list[Reply], elapsed: float, concurrency: int) -> dict:
+    """Throughput and latency of a load run."""
+    codes: dict[int, int] = {}
+    for r in replies:
+        codes[r.status] = codes.get(r.status, 0) + 1
+    ok = codes.get(200, 0)
+    lat = np.array([r.seconds for r in replies]) * 1000 if replies else np.zeros(1)
+    return {"concurrency": concurrency, "seconds": elapsed, "requests": len(replies), "ok": ok,
+            "status_counts": codes, "images_per_s": ok / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
