@@ -259,8 +259,9 @@ def build_corpus(max_body: int) -> list[Case]:
         ],
         "parse-cost": [
             Case(f"PNG with {bomb_mb:.0f} MB of empty ancillary chunks", {422}, content=chunk_bomb_png(bomb_mb)),
-            Case(f"JPEG with {bomb_mb:.0f} MB of comment markers", {422}, content=comment_bomb_jpeg(bomb_mb),
-                 headers={"content-type": "image/jpeg"}),
+            Case(f"JPEG with {bomb_mb:.0f} MB of 4-byte comment markers", {422},
+                 content=comment_bomb_jpeg(bomb_mb, segment=4), headers={"content-type": "image/jpeg"}),
+            Case("JPEG with 30 MB of 64 KiB comment markers", {413, 422}, content=comment_bomb_jpeg(30)),
             Case("40000000 x 1 PNG", score, content=strip_png(40_000_000, 1)),
             Case("13000000 x 3 PNG", score, content=strip_png(13_000_000, 3)),
             Case("6000 x 6000 16-bit gray PNG", score, content=gray16_png(6000, 6000)),

@@ -74,10 +74,11 @@ def chunk_bomb_png(megabytes: float = 30.0) -> bytes:
     return head + empty * int(megabytes * 2**20 / len(empty)) + rest
 
 
-def comment_bomb_jpeg(megabytes: float = 30.0) -> bytes:
-    """A valid small JPEG carrying `megabytes` of comment (COM) segments of 64 KiB before its pixels."""
+def comment_bomb_jpeg(megabytes: float = 30.0, segment: int = 65535) -> bytes:
+    """A valid small JPEG carrying `megabytes` of comment (COM) segments of `segment` bytes (64 KiB: the
+    most metadata per marker; 4: the most markers per byte) before its pixels."""
     good = encode(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)), "JPEG")
-    com = b"\xff\xfe" + (65535).to_bytes(2, "big") + b"x" * 65533
+    com = b"\xff\xfe" + segment.to_bytes(2, "big") + b"x" * (segment - 2)
     return good[:2] + com * int(megabytes * 2**20 / len(com)) + good[2:]
 
 

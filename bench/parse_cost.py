@@ -19,6 +19,7 @@ PER_IMAGE_BOUND = 256 * 2**20
 CLASSES: dict[str, tuple[Callable[[], bytes], str, set[int]]] = {
     "png-chunk-bomb-30MB": (lambda: chunk_bomb_png(30), "image/png", {422}),
     "jpeg-marker-bomb-30MB": (lambda: comment_bomb_jpeg(30), "image/jpeg", {422}),
+    "jpeg-tiny-markers-30MB": (lambda: comment_bomb_jpeg(30, segment=4), "image/jpeg", {422}),
     "strip-40000000x1": (lambda: strip_png(40_000_000, 1), "image/png", {200}),
     "strip-13000000x3": (lambda: strip_png(13_000_000, 3), "image/png", {200}),
     "gray16-6000x6000": (lambda: gray16_png(6000, 6000), "image/png", {200}),

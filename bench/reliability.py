@@ -33,6 +33,7 @@ from bench.fit_eval import machine
 from bench.hostile import build_corpus, send
 from bench.images import huge_png
 from bench.load import load
+from bench.parse_cost import CLASSES, PER_IMAGE_BOUND, class_memory, healthz_under_uploads
 from bench.servers import rss_bytes, server_process
 from models.artifact import load_artifact, save_artifact
 
@@ -235,6 +236,9 @@ def main() -> None:
             print({k: v for k, v in result["hostile"].items()}, flush=True)
             result["memory"] = memory_phase(url, proc.pid)
             print(result["memory"], flush=True)
+            result["parse_cost"] = [class_memory(url, proc.pid, "line", kind) for kind in CLASSES]
+            result["event_loop"] = healthz_under_uploads(url, "line", seconds=15)
+            print(result["parse_cost"], result["event_loop"], flush=True)
             result["slow"] = slow_phase(url, payloads[0])
             print(result["slow"], flush=True)
             codes_term: list[int] = []
@@ -267,6 +271,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     (out / "reliability.json").write_text(json.dumps(result, indent=2))
     ld, ho, st, me, sl = result["load"], result["hostile"], result["sigterm"], result["memory"], result["slow"]
+    ev = result["event_loop"]
     md = (f"Machine: {machine()}; command: `python -m bench.reliability --model {a.model}`\n\n"
           "| check | result |\n|---|---|\n"
           f"| load: concurrency {ld['concurrency']}, {ld['seconds']:.0f} s | {ld['requests']} requests, "
@@ -284,6 +289,12 @@ def main() -> None:
           f"| memory: 2 concurrent batches of 16 PNGs of 6000 x 6000 px | {me['scored']} scored, "
           f"{me['answered_503']} answered 503 + Retry-After (decode budget busy) in {me['seconds']:.0f} s; peak RSS "
           f"growth {me['peak_rss_growth_mb']:.0f} MB (bound 512 MB) |\n"
+          + "".join(f"| memory, one upload: {r['class']} ({r['bytes'] / 2**20:.2f} MB on the wire) | status "
+                    f"{r['status']} (expected {r['expected']}); peak RSS growth {r['rss_growth_mb']:.0f} MB "
+                    f"(bound {PER_IMAGE_BOUND // 2**20} MB) |\n" for r in result["parse_cost"])
+          + f"| event loop: /healthz every 20 ms for 15 s while 3 clients upload every class above without pause | "
+          f"p50 {ev['healthz_p50_ms']:.1f} ms, p99 {ev['healthz_p99_ms']:.1f} ms, max {ev['healthz_max_ms']:.1f} ms "
+          f"(bound: p99 100 ms); {ev['uploads_answered']} uploads answered, statuses {ev['upload_statuses']} |\n"
           f"| slow clients: {sl['idle_sockets']} idle sockets, {sl['drippers']} bodies dripped 1 byte / 0.5 s, "
           f"4 valid clients for 20 s | {sl['idle_cut']} idle cut, the last after {sl['idle_cut_after_s_max']:.1f} s "
           f"(header deadline 10 s); {sl['drip_408']} drippers got 408, the last after "

@@ -165,7 +165,8 @@ class Stitcher:
         assert self._next == len(self.layout.windows), "every canvas must be added before the map is read"
         if self._total is None:
             return self._single
-        np.divide(self._total, np.maximum(self._count, 1), out=self._total)
+        assert self._count.min() >= 1, "tiles cover the whole work image"
+        np.divide(self._total, self._count, out=self._total)  # in place: no second work-size array
         return self._total
 
 
