@@ -72,7 +72,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
     from models.config import ModelConfig
     from models.detector import Detector
     from models.preprocess import make_canvases
-    from training.calibrate import CalibrationConfig, calibrate, split_calibration
+    from training.calibrate import CalibrationConfig, calibrate, split_images
     from training.data import good_images, mvtec_test_set
     from training.pipeline import fit_calibrated
 
@@ -88,11 +88,12 @@ def run_ours(data: Path, rows: dict, save) -> None:
         det.save(model)
         rows[key] = {"dataset": name, "method": DEFAULT, "fit_seconds": fit_s, "n_train_images": len(paths),
                      "model_bytes": model.stat().st_size, "chosen": det.config.scoring.normalize,
-                     "selection": det.meta["scoring_selection"]["auroc_on_synthetic_defects"],
+                     "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
+                     "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),
                      **_metrics(det, data)}
         save()
     det = Detector.from_artifact(model, "cpu")
-    _, cal_paths = split_calibration(good_images([data]), CalibrationConfig())
+    cal_paths = split_images(good_images([data]), CalibrationConfig()).calibrate
     variants = {}
     for label, normalize, image_score in ABLATION:
         variants[label] = det.with_scoring(normalize=normalize, image_score=image_score)

@@ -38,6 +38,15 @@ def good_part(rng: np.random.Generator, height: int = 192, width: int = 320) -> 
     return (rgb * 255).astype(np.uint8)
 
 
+def free_pose_part(rng: np.random.Generator, height: int = 192, width: int = 320) -> np.ndarray:
+    """A good part lying in free pose: rotated by any angle and shifted on a dark field (as tyre treads or
+    loose parts are photographed), so an image position does not always show the same part of it."""
+    part = good_part(rng, height, width)
+    m = cv2.getRotationMatrix2D((width / 2, height / 2), float(rng.uniform(0, 360)), float(rng.uniform(0.6, 0.8)))
+    m[:, 2] += rng.uniform(-0.15, 0.15, 2) * (width, height)
+    return cv2.warpAffine(part, m, (width, height), flags=cv2.INTER_LINEAR, borderValue=(31, 30, 30))
+
+
 def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Inject one defect of `kind` inside the part -> (image, mask uint8 0/255)."""
     h, w = img.shape[:2]
@@ -71,19 +80,20 @@ def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np
 
 
 def write_dataset(root: str | Path, n_train: int = 60, n_test_good: int = 10, n_test_bad: int = 10,
-                  seed: int = 0, height: int = 192, width: int = 320) -> Path:
-    """Write an MVTec-layout dataset of generated parts under `root`; returns `root`."""
+                  seed: int = 0, height: int = 192, width: int = 320, free_pose: bool = False) -> Path:
+    """Write an MVTec-layout dataset of generated parts under `root` (in free pose if asked); returns `root`."""
     root = Path(root)
     rng = np.random.default_rng(seed)
+    part = free_pose_part if free_pose else good_part
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
-        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), good_part(rng, height, width)[..., ::-1])
+        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), part(rng, height, width)[..., ::-1])
     for i in range(n_test_good):
-        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), good_part(rng, height, width)[..., ::-1])
+        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), part(rng, height, width)[..., ::-1])
     for j in range(n_test_bad):
         kind = DEFECTS[j % len(DEFECTS)]
-        img, mask = add_defect(rng, good_part(rng, height, width), kind)
+        img, mask = add_defect(rng, part(rng, height, width), kind)
         (root / "test" / kind).mkdir(exist_ok=True)
         (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / "test" / kind / f"{j:04d}.png"), img[..., ::-1])

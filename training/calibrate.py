@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -54,7 +56,15 @@ class CalibrationConfig:
     min_count: int = 30
     """At least this many calibration images (at most half of all images)."""
     seed: int = 0
-    """Seed of the fit / calibration split."""
+    """Seed of the fit / selection / calibration split."""
+    select_count: int = 48
+    """Good images held out for the scoring choice (``training.select``): they neither fit the SAE and its
+    statistics nor calibrate, so the choice is made on images nothing it chooses between has seen."""
+    groups: str = "none"
+    """How images group into physical parts, so that no part lands in two splits and the calibration
+    covers *new* parts: ``none`` (every image its own part), ``folder`` (the folder holding the file),
+    ``pattern:REGEX`` (the first match of REGEX in the file name, e.g. ``pattern:^[^_]+``), or
+    ``file:PATH`` (a CSV of ``file name,group`` lines)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -65,18 +75,86 @@ class CalibrationConfig:
             raise ValueError(f"calibration fraction must be in (0, 1), got {self.fraction}")
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        if self.select_count < 0:
+            raise ValueError(f"select_count must be >= 0, got {self.select_count}")
+        kind = self.groups.split(":", 1)[0]
+        if kind not in ("none", "folder", "pattern", "file") or (kind in ("pattern", "file") and ":" not in
+                                                                  self.groups):
+            raise ValueError(f"groups must be none, folder, pattern:REGEX or file:PATH, got {self.groups!r}")
+        if kind == "pattern":
+            try:
+                re.compile(self.groups.split(":", 1)[1])
+            except re.error as e:
+                raise ValueError(f"groups pattern {self.groups!r} is not a regular expression: {e}") from None
 
 
-def split_calibration(paths: Sequence[Path], cfg: CalibrationConfig) -> tuple[list[Path], list[Path]]:
-    """Seeded split of good images into (fit, calibration); calibration never trains the SAE."""
+class Split(NamedTuple):
+    fit: list[Path]
+    """Fit the SAE and its scoring statistics."""
+    select: list[Path]
+    """Choose the scoring (held out from both other splits)."""
+    calibrate: list[Path]
+    """Set the conformal threshold."""
+    n_groups: int
+    """Parts (groups) the images came in."""
+
+
+def image_groups(paths: Sequence[Path], spec: str) -> list[str]:
+    """The group (physical part) of each image, by ``CalibrationConfig.groups``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "none":
+        return [str(p) for p in paths]
+    if kind == "folder":
+        return [str(p.parent) for p in paths]
+    if kind == "pattern":
+        rx = re.compile(arg)
+        found = [rx.search(p.name) for p in paths]
+        missing = [p.name for p, m in zip(paths, found, strict=True) if m is None]
+        if missing:
+            raise ValueError(f"groups pattern {arg!r} matches no part of {len(missing)} file names "
+                             f"(first: {missing[0]})")
+        return [m.group(0) for m in found]
+    table: dict[str, str] = {}
+    try:
+        lines = Path(arg).read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"{arg}: cannot read the group file ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if line.strip() and not line.startswith("#"):
+            name, sep, group = line.partition(",")
+            if not sep or not group.strip():
+                raise ValueError(f"{arg}:{n}: expected 'file name,group', got {line!r}")
+            table[name.strip()] = group.strip()
+    missing = [p.name for p in paths if p.name not in table]
+    if missing:
+        raise ValueError(f"{arg}: no group for {len(missing)} images (first: {missing[0]})")
+    return [table[p.name] for p in paths]
+
+
+def split_images(paths: Sequence[Path], cfg: CalibrationConfig) -> Split:
+    """Seeded split of good images into fit / selection / calibration, whole groups at a time (a part
+    photographed several times lands in one split only). Calibration never trains the SAE; selection
+    neither trains nor calibrates."""
     if len(paths) < 2:
         raise ValueError(f"need at least 2 good images to fit and calibrate, found {len(paths)}")
-    n_cal = max(cfg.min_count, math.ceil(cfg.fraction * len(paths)))
-    n_cal = min(n_cal, len(paths) // 2)  # never leave the SAE with fewer images than calibration
-    order = np.random.default_rng(cfg.seed).permutation(len(paths))
-    cal = sorted(paths[i] for i in order[:n_cal])
-    fit = sorted(paths[i] for i in order[n_cal:])
-    return fit, cal
+    groups = image_groups(paths, cfg.groups)
+    members: dict[str, list[Path]] = {}
+    for p, g in zip(paths, groups, strict=True):
+        members.setdefault(g, []).append(p)
+    if len(members) < 3:
+        raise ValueError(f"grouping {cfg.groups!r} puts the {len(paths)} images into {len(members)} part(s): "
+                         "fit, selection and calibration need parts of their own; use another --calib-groups")
+    n_cal = min(max(cfg.min_count, math.ceil(cfg.fraction * len(paths))), len(paths) // 2)
+    n_sel = min(cfg.select_count, (len(paths) - n_cal) // 4)  # the SAE keeps most of what calibration leaves
+    names = sorted(members)
+    order = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]
+    cal, sel, fit = [], [], []
+    for g in order:
+        target = cal if len(cal) < n_cal else sel if len(sel) < n_sel else fit
+        target.extend(members[g])
+    if not fit:
+        raise ValueError(f"grouping {cfg.groups!r}: nothing left to fit the SAE after calibration and selection")
+    return Split(sorted(fit), sorted(sel), sorted(cal), len(members))
 
 
 def calibrate(detector: Detector, paths: Sequence[Path], cfg: CalibrationConfig) -> Calibration:

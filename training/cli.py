@@ -87,7 +87,8 @@ def cmd_fit(a: argparse.Namespace) -> None:
     init = Detector.from_artifact(a.init, str(device), a.backbone_weights) if a.init else None
     config = init.config if init else _model_config(a)
     cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
-                                min_count=a.min_calib, seed=a.seed)
+                                min_count=a.min_calib, seed=a.seed, select_count=a.select_count,
+                                groups=a.calib_groups)
     fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, seed=a.seed)
     paths = good_images(a.data)
     defects = None
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"share of good images held out for calibration (default {c.fraction})")
     f.add_argument("--min-calib", type=int, default=c.min_count,
                    help=f"at least this many calibration images (default {c.min_count})")
+    f.add_argument("--calib-groups", default=c.groups,
+                   help="how images group into physical parts, so calibration covers new parts: none, folder, "
+                        "pattern:REGEX (first match in the file name) or file:PATH (CSV 'name,group') "
+                        f"(default {c.groups})")
+    f.add_argument("--select-count", type=int, default=c.select_count,
+                   help=f"good images held out to choose the scoring (default {c.select_count})")
     f.add_argument("--pixel-quantile", type=float, default=c.pixel_quantile,
                    help=f"good-pixel quantile that sets the region threshold (default {c.pixel_quantile})")
     f.add_argument("--backbone-weights", help="local weights file for the backbone")

@@ -17,7 +17,7 @@ import torch
 
 from models.config import ModelConfig
 from models.detector import Detector
-from training.calibrate import CalibrationConfig, calibrate, f1_optimal, score_files, split_calibration
+from training.calibrate import CalibrationConfig, calibrate, f1_optimal, score_files, split_images
 from training.fit import FitConfig, fit_detector
 from training.select import select_normalization
 
@@ -39,18 +39,21 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     device = torch.device(device)
     if init is not None and config != init.config:
         raise ValueError("retraining keeps the model shape of --init; the given model config differs from it")
-    fit_paths, cal_paths = split_calibration(paths, cal_cfg)
-    log.info("%d good images: %d to fit the SAE, %d held out for calibration", len(paths), len(fit_paths),
-             len(cal_paths))
+    if config.scoring.normalize != "auto":  # nothing to choose: no image is held out for it
+        cal_cfg = dataclasses.replace(cal_cfg, select_count=0)
+    split = split_images(paths, cal_cfg)
+    fit_paths, cal_paths = split.fit, split.calibrate
+    log.info("%d good images in %d parts (groups: %s): %d fit the SAE, %d choose the scoring, %d calibrate",
+             len(paths), split.n_groups, cal_cfg.groups, len(fit_paths), len(split.select), len(cal_paths))
     det = fit_detector(fit_paths, config, fit_cfg, device, backbone_weights, init)
     if config.scoring.normalize == "auto":
-        choice, table = select_normalization(det, fit_paths, seed=fit_cfg.seed)
+        choice, table = select_normalization(det, split.select, seed=fit_cfg.seed)
         det = det.with_scoring(normalize=choice)
-        det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice,
-                                                                  "auroc_on_synthetic_defects": table}})
+        det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice, **table}})
     calibration = calibrate(det, cal_paths, cal_cfg)
     meta = {**det.meta, **(provenance or {}),
-            "n_calibration_images": len(calibration.scores),
+            "n_calibration_images": len(calibration.scores), "n_selection_images": len(split.select),
+            "n_groups": split.n_groups,
             "calibration_split": dataclasses.asdict(cal_cfg),
             "parent_version": init.version if init is not None else None}
     det = det.replace(calibration=calibration, meta=meta)

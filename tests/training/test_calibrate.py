@@ -4,7 +4,7 @@ import pytest
 from models.decision import UnsupportedAlpha
 from models.imageio import list_images
 from models.synthetic import good_part
-from training.calibrate import CalibrationConfig, calibrate, split_calibration
+from training.calibrate import CalibrationConfig, calibrate, split_images
 from training.fit import Reservoir
 
 
@@ -19,11 +19,36 @@ def test_reservoir_is_bounded_and_uniform():
 
 def test_split_is_seeded_disjoint_and_respects_minimum(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(100)]
-    fit, cal = split_calibration(paths, CalibrationConfig(fraction=0.2, min_count=30, seed=3))
-    assert len(cal) == 30 and len(fit) == 70 and not set(fit) & set(cal)
-    assert split_calibration(paths, CalibrationConfig(fraction=0.2, min_count=30, seed=3)) == (fit, cal)
+    cfg = CalibrationConfig(fraction=0.2, min_count=30, seed=3, select_count=12)
+    fit, sel, cal, n_groups = split_images(paths, cfg)
+    assert (len(cal), len(sel), len(fit), n_groups) == (30, 12, 58, 100)
+    assert not set(fit) & set(cal) and not set(fit) & set(sel) and not set(sel) & set(cal)
+    assert split_images(paths, cfg) == (fit, sel, cal, n_groups)
     with pytest.raises(ValueError, match="at least 2"):
-        split_calibration(paths[:1], CalibrationConfig())
+        split_images(paths[:1], CalibrationConfig())
+
+
+def test_split_keeps_each_part_in_one_split(tmp_path):
+    """Several shots of one physical part never straddle fit and calibration (the calibration must
+    cover new parts): by file-name pattern, by folder, or by a group file."""
+    paths = [tmp_path / f"part{p:02d}_shot{s}.png" for p in range(40) for s in range(5)]
+    split = split_images(paths, CalibrationConfig(groups=r"pattern:^part\d+", select_count=20, seed=1))
+    part = {name: {q.name.split("_")[0] for q in getattr(split, name)} for name in ("fit", "select", "calibrate")}
+    assert split.n_groups == 40 and not part["fit"] & part["calibrate"] and not part["select"] & part["calibrate"]
+    assert not part["fit"] & part["select"] and len(split.calibrate) % 5 == 0 and len(split.calibrate) >= 40
+    nested = [tmp_path / f"p{p}" / f"{s}.png" for p in range(10) for s in range(4)]
+    folder = split_images(nested, CalibrationConfig(groups="folder", select_count=0))
+    assert not {q.parent for q in folder.fit} & {q.parent for q in folder.calibrate}
+    table = tmp_path / "groups.csv"
+    table.write_text("".join(f"{q.name},{q.name[:6]}\n" for q in paths))
+    by_file = split_images(paths, CalibrationConfig(groups=f"file:{table}", select_count=20, seed=1))
+    assert by_file == split
+    with pytest.raises(ValueError, match="matches no part"):
+        split_images(paths, CalibrationConfig(groups="pattern:^zzz"))
+    with pytest.raises(ValueError, match="1 part"):
+        split_images(paths, CalibrationConfig(groups="pattern:^p"))
+    with pytest.raises(ValueError, match="groups must be"):
+        CalibrationConfig(groups="camera")
 
 
 def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp_path):
