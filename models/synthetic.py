@@ -47,6 +47,23 @@ def free_pose_part(rng: np.random.Generator, height: int = 192, width: int = 320
     return cv2.warpAffine(part, m, (width, height), flags=cv2.INTER_LINEAR, borderValue=(31, 30, 30))
 
 
+def knurled_part(rng: np.random.Generator, height: int = 192, width: int = 320) -> np.ndarray:
+    """A good part in fixed pose whose texture depends on position: a knurled grip band (strong, random
+    fine relief) across its left third. Raw reconstruction error is high in the band on every good part,
+    so a defect elsewhere is judged against the band unless the error is normalised by position."""
+    img = good_part(rng, height, width).astype(np.float32)
+    m = max(4, int(0.06 * min(height, width)))
+    x0, x1 = m, width // 3
+    relief = rng.normal(0, 1, (height, x1 - x0)).astype(np.float32)
+    relief = cv2.GaussianBlur(relief, (0, 0), 0.7)
+    relief *= 60 / (relief.std() + 1e-6)
+    img[m : height - m, x0:x1] += relief[m : height - m, :, None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+PARTS = {"plate": good_part, "free_pose": free_pose_part, "knurled": knurled_part}
+
+
 def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Inject one defect of `kind` inside the part -> (image, mask uint8 0/255)."""
     h, w = img.shape[:2]
@@ -80,20 +97,22 @@ def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np
 
 
 def write_dataset(root: str | Path, n_train: int = 60, n_test_good: int = 10, n_test_bad: int = 10,
-                  seed: int = 0, height: int = 192, width: int = 320, free_pose: bool = False) -> Path:
-    """Write an MVTec-layout dataset of generated parts under `root` (in free pose if asked); returns `root`."""
+                  seed: int = 0, height: int = 192, width: int = 320, part: str = "plate") -> Path:
+    """Write an MVTec-layout dataset of generated parts (`part` one of PARTS) under `root`; returns `root`."""
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}, choose from {sorted(PARTS)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
-    part = free_pose_part if free_pose else good_part
+    make = PARTS[part]
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
-        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), part(rng, height, width)[..., ::-1])
+        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), make(rng, height, width)[..., ::-1])
     for i in range(n_test_good):
-        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), part(rng, height, width)[..., ::-1])
+        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), make(rng, height, width)[..., ::-1])
     for j in range(n_test_bad):
         kind = DEFECTS[j % len(DEFECTS)]
-        img, mask = add_defect(rng, part(rng, height, width), kind)
+        img, mask = add_defect(rng, make(rng, height, width), kind)
         (root / "test" / kind).mkdir(exist_ok=True)
         (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / "test" / kind / f"{j:04d}.png"), img[..., ::-1])

@@ -73,7 +73,7 @@ def cmd_fit(a: argparse.Namespace) -> None:
         if given:
             flag = "--" + next(iter(given)).replace("_", "-")
             raise ValueError(f"{flag} cannot be used with --init: a retrained model keeps the shape of "
-                             f"{a.init}; only --steps, --max-patches, --seed and calibration flags apply")
+                             f"{a.init}; only --steps, --max-patches, --repair, --seed and calibration flags apply")
         if Path(a.init).resolve() == out.resolve():
             raise ValueError(f"{out}: --out must differ from --init so the previous artifact stays untouched")
     try:
@@ -89,7 +89,7 @@ def cmd_fit(a: argparse.Namespace) -> None:
     cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
                                 min_count=a.min_calib, seed=a.seed, select_count=a.select_count,
                                 groups=a.calib_groups)
-    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, seed=a.seed)
+    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, seed=a.seed)
     paths = good_images(a.data)
     defects = None
     if a.defects:
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
     f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
                    help=f"default {FitConfig.max_patches}")
+    f.add_argument("--repair", type=float, default=FitConfig.repair,
+                   help="share of each SAE batch trained to repair corrupted features (synthetic defects and "
+                        f"feature noise in, the clean feature out); 0 = plain copy; default {FitConfig.repair}")
     f.add_argument("--seed", type=int, default=FitConfig.seed)
     f.add_argument("--device", default="auto")
     f.set_defaults(func=cmd_fit)

@@ -21,15 +21,16 @@ import torch
 from tqdm import tqdm
 
 from models.backbone import Backbone
-from models.config import ModelConfig
+from models.config import ModelConfig, PreprocessConfig
 from models.detector import Detector, shared_backbone
 from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
 from models.net import ScoreStats
-from models.preprocess import make_canvases, valid_cells
+from models.preprocess import Picture, as_float, make_canvases, valid_cells
 from models.sae import TopKSAE, auxk_loss, fvu, patch_error
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 from training.data import iter_images
+from training.defects import SYNTHETIC_KINDS, synthetic_defect
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ class FitConfig:
     """Good-image crops kept per latent for explanations (0 = no atlas)."""
     atlas_crop_px: int = 24
     """Side of each atlas crop in canvas pixels."""
+    repair: float = 0.0
+    """Repair training: share of each SAE batch whose input is corrupted (features of the same image
+    carrying a synthetic defect, or clean features plus noise) while the target stays the clean feature,
+    so the SAE learns to project off-manifold patches onto good-product atoms rather than copy them.
+    0 trains a plain autoencoder (copy)."""
+    repair_noise: float = 0.3
+    """Std of the feature noise of repair training, in standardised feature units."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +65,9 @@ class FitConfig:
             raise ValueError("steps, batch_size, max_patches and image_batch must be >= 1")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.repair < 1 or self.repair_noise < 0:
+            raise ValueError(f"repair must be in [0, 1) and repair_noise >= 0, got {self.repair}, "
+                             f"{self.repair_noise}")
 
 
 class Reservoir:
@@ -99,6 +110,9 @@ class Extracted(NamedTuple):
     """(N, 4) int32: index into `paths`, canvas, cell row, cell column of each patch."""
     paths: list[Path]
     """Images that decoded, in tag order."""
+    pairs: np.ndarray | None
+    """(M, 2, C) repair pairs: the feature of a cell under a synthetic defect and the clean feature of the
+    same cell (every other image gets one defect); None unless repair training asked for them."""
 
 
 def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[Path],
@@ -107,13 +121,25 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
     pre, bb = config.preprocess, config.backbone
     grid = FeatureGrid.of(config)
     reservoir: Reservoir | None = None
+    pair_reservoir: Reservoir | None = None
+    rng = np.random.default_rng(fit_cfg.seed)
     used: list[Path] = []
-    pending, pending_valid, pending_img = [], [], []
+    pending, pending_valid, pending_img, pending_bad = [], [], [], []
 
     def flush() -> None:
-        nonlocal reservoir
-        feats = extract_features(backbone, np.concatenate(pending), bb.mean, bb.std,
+        nonlocal reservoir, pair_reservoir
+        n_clean = sum(len(c) for c in pending)
+        bad = [c for c, _, _ in pending_bad]
+        feats = extract_features(backbone, np.concatenate(pending + bad), bb.mean, bb.std,
                                  config.scoring.pool, device).float().cpu().numpy()
+        feats, bad_feats = feats[:n_clean], feats[n_clean:]
+        if pending_bad:
+            clean_rows = np.concatenate([feats[start : start + len(c)][cells] for c, start, cells in pending_bad])
+            bad_rows = bad_feats[np.concatenate([cells for _, _, cells in pending_bad])]
+            if pair_reservoir is None:
+                pair_reservoir = Reservoir(max(1, fit_cfg.max_patches // 4), 2 * feats.shape[-1], fit_cfg.seed + 1)
+            if len(bad_rows):
+                pair_reservoir.add(np.concatenate([bad_rows, clean_rows], 1))
         valid = np.concatenate(pending_valid)  # (B, h, w) bool
         canvas_image = np.concatenate(pending_img)  # (B, 2): image index, canvas index
         b, gy, gx = np.nonzero(valid)
@@ -125,14 +151,19 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
         pending.clear()
         pending_valid.clear()
         pending_img.clear()
+        pending_bad.clear()
 
     images = iter_images(paths, config.preprocess)
     for path, img in tqdm(images, total=len(paths), desc="features", unit="img", mininterval=2.0):
         if img is None:
             continue
         canvases, layout = make_canvases(img, pre)
+        valid = valid_cells(layout, grid)
+        if fit_cfg.repair > 0 and len(used) % 2 == 0:
+            bad, cells = defect_copy(rng, img, pre, grid, len(used))
+            pending_bad.append((bad, sum(len(c) for c in pending), cells & valid))
         pending.append(canvases)
-        pending_valid.append(valid_cells(layout, grid))
+        pending_valid.append(valid)
         pending_img.append(np.stack([np.full(len(canvases), len(used)), np.arange(len(canvases))], 1))
         used.append(path)
         if sum(len(c) for c in pending) >= fit_cfg.image_batch:
@@ -142,7 +173,24 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
     if reservoir is None:
         raise ValueError("no usable images: every file failed to decode")
     patches, tags = reservoir.sample()
-    return Extracted(patches, tags, used)
+    pairs = None
+    if pair_reservoir is not None:
+        rows, _ = pair_reservoir.sample()
+        pairs = rows.reshape(len(rows), 2, -1)
+    return Extracted(patches, tags, used, pairs)
+
+
+def defect_copy(rng: np.random.Generator, img: Picture, pre: PreprocessConfig, grid: FeatureGrid,
+                i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canvases of `img` carrying one synthetic defect, and the (N, cells, cells) feature cells it touches
+    (the defect mask carried through the same geometry, any coverage counts)."""
+    bad, mask = synthetic_defect(rng, as_float(img.pixels), SYNTHETIC_KINDS[i // 2 % len(SYNTHETIC_KINDS)])
+    canvases, _ = make_canvases(Picture(bad, img.original_hw), pre)
+    mask_canvases, _ = make_canvases(Picture(np.repeat(mask[..., None].astype(np.float32), 3, 2),
+                                             img.original_hw), pre)
+    n, c, st = len(mask_canvases), grid.cells, grid.stride
+    cover = mask_canvases[..., 0].reshape(n, c, st, c, st).max(axis=(2, 4))
+    return canvases, cover > 0.5
 
 
 def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
@@ -154,9 +202,30 @@ def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
     return m
 
 
+def corrupt_batch(x: torch.Tensor, pairs: torch.Tensor | None, fit_cfg: FitConfig,
+                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of clean standardised patches -> (SAE input, target). The first `repair` share of rows is
+    corrupted: half of it (all of it without pairs) by Gaussian feature noise, the rest replaced by
+    defect pairs (defect feature in, clean feature of the same cell as target)."""
+    n_bad = int(fit_cfg.repair * len(x))
+    if n_bad == 0:
+        return x, x
+    n_pair = n_bad // 2 if pairs is not None and len(pairs) else 0
+    inp, target = x.clone(), x.clone()
+    n_noise = n_bad - n_pair
+    inp[:n_noise] += fit_cfg.repair_noise * torch.randn(n_noise, x.shape[1], generator=g)
+    if n_pair:
+        chosen = pairs[torch.randint(len(pairs), (n_pair,), generator=g)]
+        inp[n_noise:n_bad], target[n_noise:n_bad] = chosen[:, 0], chosen[:, 1]
+    return inp, target
+
+
 def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
-              init: TopKSAE | None = None, progress: bool = True) -> tuple[TopKSAE, dict[str, float]]:
-    """Train a TopK SAE on standardised patches (N, d); returns it and final statistics."""
+              init: TopKSAE | None = None, progress: bool = True,
+              pairs: torch.Tensor | None = None) -> tuple[TopKSAE, dict[str, float]]:
+    """Train a TopK SAE on standardised patches (N, d); returns it and final statistics. With
+    ``fit_cfg.repair`` > 0 part of each batch is corrupted (`pairs`: (M, 2, d) standardised defect/clean
+    features) and the loss asks for the clean feature back."""
     torch.manual_seed(fit_cfg.seed)
     sc = config.sae
     d = x.shape[1]
@@ -177,11 +246,12 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
     bar = tqdm(range(fit_cfg.steps), desc="sae", disable=not progress, mininterval=2.0)
     g = torch.Generator().manual_seed(fit_cfg.seed)
     for step in bar:
-        batch = x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)]
+        batch, target = corrupt_batch(x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)],
+                                      pairs, fit_cfg, g)
         out = sae(batch)
         dead = since_fired > sc.dead_after
-        main = fvu(out.x_hat, batch)
-        aux = auxk_loss(out.pre_acts, dead, sae.W_dec, (batch - out.x_hat).detach(), sc.aux_k)
+        main = fvu(out.x_hat, target)
+        aux = auxk_loss(out.pre_acts, dead, sae.W_dec, (target - out.x_hat).detach(), sc.aux_k)
         loss = main + sc.aux_coef * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,7 +289,12 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
         mean, std = fit_standardization(raw_t)
         sae0 = None
     x = standardize(raw_t, mean, std)
-    sae, stats = train_sae(x, config, fit_cfg, init=sae0)
+    pairs = None
+    if extracted.pairs is not None:
+        pairs = standardize(torch.from_numpy(extracted.pairs), mean, std)
+        progress(f"repair training: {len(pairs)} defect/clean feature pairs, {fit_cfg.repair:.0%} of each "
+                 f"batch corrupted")
+    sae, stats = train_sae(x, config, fit_cfg, init=sae0, pairs=pairs)
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     atlas = None
     if fit_cfg.atlas_crops:
@@ -230,6 +305,7 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
         progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
     score_stats = fit_score_stats(sae, x, extracted.tags, FeatureGrid.of(config).cells)
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
+            "n_repair_pairs": 0 if pairs is None else len(pairs),
             "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9),
             "fit_config": dataclasses.asdict(fit_cfg)}
     return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas,

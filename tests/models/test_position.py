@@ -59,7 +59,7 @@ def test_latent_rarity_and_novelty_flag_atoms_never_used_at_a_position():
 
 
 def test_synthetic_defects_change_only_their_mask():
-    from training.select import SYNTHETIC_KINDS, synthetic_defect
+    from training.defects import SYNTHETIC_KINDS, synthetic_defect
 
     rng = np.random.default_rng(0)
     img = np.random.default_rng(1).uniform(0.3, 0.7, (120, 200, 3)).astype(np.float32)

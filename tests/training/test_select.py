@@ -1,4 +1,5 @@
-"""The scoring choice on a case where in-sample statistics mislead: generated parts in free pose."""
+"""The scoring choice from good images: raw error on generated parts in free pose (where in-sample statistics
+mislead), a position-aware score on generated fixed-pose parts whose texture depends on position."""
 
 import numpy as np
 import pytest
@@ -12,13 +13,16 @@ from training.fit import fit_detector
 from training.select import paired_auroc, select_normalization
 
 
-@pytest.fixture(scope="module")
-def free_pose(tmp_path_factory):
-    data = write_dataset(tmp_path_factory.mktemp("free"), n_train=110, n_test_good=0, n_test_bad=0, seed=7,
-                         free_pose=True)
+def _fitted(root, part):
+    data = write_dataset(root, n_train=110, n_test_good=0, n_test_bad=0, seed=7, part=part)
     split = split_images(list_images(data / "train" / "good"), CalibrationConfig(select_count=30, min_count=12,
                                                                                   fraction=0.1))
     return split, fit_detector(split.fit, ModelConfig(), FAST_FIT, "cpu")
+
+
+@pytest.fixture(scope="module")
+def free_pose(tmp_path_factory):
+    return _fitted(tmp_path_factory.mktemp("free"), "free_pose")
 
 
 def test_free_pose_choice_is_made_on_held_out_images_and_keeps_the_simple_score(free_pose):
@@ -32,6 +36,13 @@ def test_free_pose_choice_is_made_on_held_out_images_and_keeps_the_simple_score(
     assert lead["in_sample"] > lead["held_out"]
     # held out, no candidate's lead is significant on a free-pose part: the simple score stays
     assert held_choice == "none" and all(b <= 0 for b in held["lead_lower_bound_95"].values())
+
+
+def test_fixed_pose_part_with_position_dependent_texture_gets_a_position_aware_score(tmp_path):
+    split, det = _fitted(tmp_path, "knurled")
+    choice, table = select_normalization(det, split.select, seed=0)
+    print("knurled part:", table["auroc_on_synthetic_defects"], "bounds:", table["lead_lower_bound_95"])
+    assert choice != "none" and table["lead_lower_bound_95"][choice] > 0
 
 
 def test_a_significant_lead_is_taken():

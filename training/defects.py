@@ -1,0 +1,46 @@
+"""Synthetic defects on good images: a patch cut from elsewhere and pasted, a darker or brighter blob,
+or a thin scratch. The scoring choice (``training.select``) measures candidates on them; repair training
+(``training.fit``) teaches the SAE to map their features back to the clean ones."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+SYNTHETIC_KINDS = ("cutpaste", "blob", "scratch")
+
+
+def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float image in [0, 1] -> a copy with one synthetic defect, and its bool mask."""
+    h, w = img.shape[:2]
+    side = min(h, w)
+    out = img.copy()
+    mask = np.zeros((h, w), np.uint8)
+    if kind == "cutpaste":
+        ph, pw = (max(2, int(rng.uniform(0.04, 0.10) * side)) for _ in range(2))
+        sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        patch = img[sy : sy + ph, sx : sx + pw]
+        patch = patch[::-1] if rng.random() < 0.5 else patch[:, ::-1]
+        out[ty : ty + ph, tx : tx + pw] = np.clip(patch * rng.uniform(0.8, 1.2), 0, 1)
+        mask[ty : ty + ph, tx : tx + pw] = 1
+    elif kind == "blob":
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        ry, rx = (max(1, int(rng.uniform(0.01, 0.04) * side)) for _ in range(2))
+        cv2.ellipse(mask, (cx, cy), (rx, ry), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.06, 0.2)
+        alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(1.0, 0.3 * min(rx, ry)))
+        alpha[alpha < 0.02] = 0  # soft edge, but a bounded one: the mask is everything changed
+        mask = (alpha > 0).astype(np.uint8)
+        out = np.clip(out + shift * alpha[..., None], 0, 1)
+    elif kind == "scratch":
+        angle, length = rng.uniform(0, np.pi), rng.uniform(0.1, 0.3) * side
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
+        cv2.line(mask, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1,
+                 max(1, int(rng.uniform(0.003, 0.01) * side)))
+        shade = rng.choice([0.05, 0.95])
+        out = np.where(mask[..., None] > 0, 0.4 * out + 0.6 * shade, out)
+    else:
+        raise ValueError(f"unknown synthetic defect {kind!r}, choose from {SYNTHETIC_KINDS}")
+    return out.astype(np.float32), mask > 0
