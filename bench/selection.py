@@ -8,6 +8,7 @@
   calibration set is smaller than that needs).
 
     python -m bench.selection            # every category (resumes: rows cached per category)
+    python -m bench.selection --repair 0.5   # the same with a repair-trained SAE (rows "<category>/repair=0.5")
     python -m bench.selection --table-only
 
 Writes bench/results/selection.{json,md}. One torch job, 2 threads.
@@ -30,7 +31,7 @@ OUT = ROOT / "bench" / "results"
 RES = OUT / "selection.json"
 
 
-def run(data: Path) -> dict:
+def run(data: Path, repair: float = 0.0) -> dict:
     import torch
 
     from models.config import NORMALIZE_CHOICES, ModelConfig
@@ -44,7 +45,7 @@ def run(data: Path) -> dict:
     cal_cfg = CalibrationConfig()
     split = split_images(good_images([data]), cal_cfg)
     t0 = time.perf_counter()
-    det = fit_detector(split.fit, ModelConfig(), FitConfig(), torch.device("cpu"))
+    det = fit_detector(split.fit, ModelConfig(), FitConfig(repair=repair), torch.device("cpu"))
     fit_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     in_sample = [split.fit[i] for i in rng.permutation(len(split.fit))[:len(split.select)]]
@@ -57,11 +58,12 @@ def run(data: Path) -> dict:
         d = det.with_scoring(normalize=cand)
         d = d.replace(calibration=calibrate(d, split.calibrate, cal_cfg))
         m, _ = evaluate(d, data)
-        truth[cand] = {"image_auroc": m["image_auroc"], "pixel_auroc": m.get("pixel_auroc"),
+        truth[cand] = {"image_auroc": m["image_auroc"], "pixel_auroc": m.get("pixel_auroc"), "aupro": m.get("aupro_30"),
                        "false_alarm_rate": m["false_alarm_rate"], "recall": m["recall"],
                        "alpha_guaranteed": d.calibration.alpha}
     best = max(NORMALIZE_CHOICES, key=lambda c: truth[c]["image_auroc"])
-    return {"dataset": data.name, "n_fit": len(split.fit), "n_select": len(split.select),
+    return {"dataset": data.name, "sae": f"repair={repair}" if repair else "copy",
+            "n_fit": len(split.fit), "n_select": len(split.select),
             "n_calibrate": len(split.calibrate), "fit_seconds": fit_s,
             "old": {"choice": old_choice, "auroc_on_synthetic": old_table},
             "new": {"choice": new_choice, "auroc_on_synthetic": new_table["auroc_on_synthetic_defects"],
@@ -87,11 +89,13 @@ def table(rows: dict) -> str:
         aucs = " / ".join(f"{t[c]['image_auroc']:.3f}" for c in cands)
         a_old, a_new = t[o["choice"]]["image_auroc"], t[n["choice"]]["image_auroc"]
         gains.append((a_old, a_new))
-        out.append(f"| {r['dataset']} | **{o['choice']}** ({old_s}) | **{n['choice']}** ({new_s}) | {aucs} | "
+        out.append(f"| {r['dataset']} ({r.get('sae', 'copy')} SAE) "
+                   f"| **{o['choice']}** ({old_s}) | **{n['choice']}** ({new_s}) | {aucs} | "
                    f"{a_old:.3f} -> {a_new:.3f} | {r['best_in_hindsight']} |")
-    if gains:
-        mo, mn = np.mean([g[0] for g in gains]), np.mean([g[1] for g in gains])
-        out.append(f"| **mean** | | | | **{mo:.3f} -> {mn:.3f}** | |")
+    for sae in sorted({r.get("sae", "copy") for r in rows.values()}):
+        g = [gain for gain, r in zip(gains, rows.values(), strict=True) if r.get("sae", "copy") == sae]
+        out.append(f"| **mean, {sae} SAE ({len(g)} sets)** | | | | **{np.mean([x[0] for x in g]):.3f} -> "
+                   f"{np.mean([x[1] for x in g]):.3f}** | |")
     out.append("\nFalse alarms on test/good at the calibrated alpha (target 0.01; `alpha` = what the calibration "
                "guarantees):\n")
     out.append("| category | calibration images | alpha guaranteed | false-alarm rate none / position / "
@@ -99,7 +103,8 @@ def table(rows: dict) -> str:
     out.append("|---|---|---|---|")
     for r in rows.values():
         t = r["test"]
-        out.append(f"| {r['dataset']} | {r['n_calibrate']} | {t['none']['alpha_guaranteed']:.4f} | "
+        out.append(f"| {r['dataset']} ({r.get('sae', 'copy')} SAE) | {r['n_calibrate']} | "
+                   f"{t['none']['alpha_guaranteed']:.4f} | "
                    + " / ".join(f"{t[c]['false_alarm_rate']:.3f}" for c in cands) + " |")
     return "\n".join(out) + "\n"
 
@@ -107,14 +112,16 @@ def table(rows: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", nargs="*", default=None)
+    p.add_argument("--repair", type=float, default=0.0, help="repair share of the SAE's training batches")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
     rows = json.loads(RES.read_text()) if RES.exists() else {}
     if not a.table_only:
         for d in sorted(DATASETS.iterdir()) if a.datasets is None else [DATASETS / x for x in a.datasets]:
-            if d.is_dir() and d.name not in rows:
-                print(f"[run] {d.name}", flush=True)
-                rows[d.name] = run(d)
+            key = d.name + (f"/repair={a.repair}" if a.repair else "")
+            if d.is_dir() and key not in rows:
+                print(f"[run] {key}", flush=True)
+                rows[key] = run(d, a.repair)
                 RES.write_text(json.dumps(rows, indent=2))
     (OUT / "selection.md").write_text(table(rows))
     print(table(rows))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except SettingsError as e:
             raise SystemExit(f"sae-inspect-serve: bad setting: {e}") from None
     metrics = Metrics()
+    metrics.drift_alarm_level.set(math.log10(settings.drift_threshold))
     return_large_frees_to_os()
 
     @asynccontextmanager

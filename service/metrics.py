@@ -21,6 +21,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4,
 # model: 1.0 is the decision boundary; good parts sit mostly at 0.5-1.
 SCORE_RATIO_BUCKETS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# While nothing drifts the smoothed online p-values are uniform: every bucket fills in proportion to its width.
+P_VALUE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Metrics:
@@ -55,4 +57,15 @@ class Metrics:
                                        "guards (header_timeout, connection_cap)", ["reason"], registry=r)
         self.decode_pixels = Gauge("sae_inspect_decode_pixels", "Pixels being decoded now (bounded by "
                                    "SAE_INSPECT_MAX_DECODE_PIXELS)", registry=r)
+        self.p_values = Histogram("sae_inspect_p_value", "Smoothed online conformal p-value of each inspected "
+                                  "image (uniform while the process matches the calibration)", ["model"],
+                                  buckets=P_VALUE_BUCKETS, registry=r)
+        self.drift_evidence = Gauge("sae_inspect_drift_evidence", "log10 of the drift statistic on images "
+                                    "with p > alpha (floored at 0; alarm at log10 SAE_INSPECT_DRIFT_THRESHOLD)",
+                                    ["model"], registry=r)
+        self.burst_evidence = Gauge("sae_inspect_burst_evidence", "log10 of the anomaly-burst statistic "
+                                    "(floored at 0; alarm at log10 SAE_INSPECT_DRIFT_THRESHOLD)", ["model"],
+                                    registry=r)
+        self.drift_alarm_level = Gauge("sae_inspect_drift_alarm_level", "log10 of the drift and burst alarm "
+                                       "threshold", registry=r)
         self.ready = Gauge("sae_inspect_ready", "1 when models are loaded and warmed up", registry=r)

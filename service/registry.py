@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.drift import DriftConfig, DriftMonitor
 from models.files import ARTIFACT_SUFFIX as SUFFIX
 from models.files import ONNX_SUFFIX, ArtifactError
 from models.inspection import Scorer
@@ -47,6 +48,10 @@ class Served:
     batcher: MicroBatcher
     path: Path
     stamp: tuple[int, int]
+    drift: DriftMonitor
+    """Drift and burst evidence of this version's calibration: a reload (new calibration) starts afresh.
+    Kept in memory only: a restart starts from zero too (the evidence is re-earned, never carried
+    over from a stream the new process did not see)."""
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -135,7 +140,7 @@ class ModelRegistry:
                                    s.max_wait_ms / 1000, s.queue_size)
             batcher.start()
             old = self.models.get(name)
-            self.models[name] = Served(name, det, batcher, path, stamp)
+            self.models[name] = Served(name, det, batcher, path, stamp, self._monitor(det))
             self.failures.pop(name, None)
             self._publish(name, det, old.detector if old else None)
             self._publish_ready()
@@ -144,6 +149,11 @@ class ModelRegistry:
         if old:
             await old.batcher.drain_and_stop()
         return self.models[name]
+
+    def _monitor(self, det: Scorer) -> DriftMonitor:
+        s = self.settings
+        return DriftMonitor(np.asarray(det.calibration.scores), det.calibration.alpha,
+                            DriftConfig(s.drift_threshold, s.usual_defect_rate, s.burst_factor))
 
     def _publish(self, name: str, det: Scorer, old: Scorer | None) -> None:
         if old is not None:
@@ -154,6 +164,8 @@ class ModelRegistry:
         self.metrics.model_info.labels(name, det.version, det.config.backbone.name).set(1)
         self.metrics.threshold.labels(name).set(det.calibration.threshold)
         self.metrics.alpha.labels(name).set(det.calibration.alpha)
+        self.metrics.drift_evidence.labels(name).set(0)
+        self.metrics.burst_evidence.labels(name).set(0)
 
     async def unload(self, name: str) -> None:
         async with self._lock:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models.decision import UnsupportedAlpha, score_ratio
+from models.decision import UnsupportedAlpha, decide, score_ratio
 from models.files import ArtifactError
 from models.inspection import NonFiniteScore, at_operating_point
 from models.preprocess import Picture
@@ -127,6 +127,7 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
     metrics.images.labels(name).inc()
     if r.anomalous:
         metrics.anomalies.labels(name).inc()
+    _observe_drift(request.app.state.registry, name, result.detector, r.score, metrics)
     ratio = score_ratio(r.score, r.threshold)
     if ratio is not None:  # never observe a value that means nothing (threshold <= 0) or is not finite
         metrics.score_ratio.labels(name).observe(ratio)
@@ -134,6 +135,19 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                            ("inference", result.inference_seconds), ("total", time.perf_counter() - t0)):
         metrics.latency.labels(stage).observe(seconds)
     return resp
+
+
+def _observe_drift(registry, name: str, det, score: float, metrics: Metrics) -> None:
+    """Feed the drift monitor of the version that scored the image (a reply from a version already
+    swapped out is not evidence about the new calibration). Flagged = anomalous at the model's own alpha."""
+    served = registry.models.get(name)
+    if served is None or served.detector is not det:
+        return
+    mon = served.drift
+    p = mon.observe(score, decide(score, det.calibration.threshold))
+    metrics.p_values.labels(name).observe(p)
+    metrics.drift_evidence.labels(name).set(max(0.0, mon.drift_evidence))
+    metrics.burst_evidence.labels(name).set(max(0.0, mon.burst_evidence))
 
 
 _BINARY = {"type": "string", "format": "binary"}

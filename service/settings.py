@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         "pytorch", description="which file serves a model that has both a .safetensors and an exported .onnx")
     api_key: SecretStr | None = Field(None, description="bearer key for admin routes; unset = admin disabled")
     watch_interval_s: float = Field(2.0, ge=0, description="poll the models folder this often; 0 = off")
+    drift_threshold: float = Field(1e6, gt=1, description="drift and anomaly-burst alarms fire when their "
+                                   "Shiryaev-Roberts statistic reaches this; while the process is unchanged the "
+                                   "mean number of images between false alarms is at least this many")
+    usual_defect_rate: float = Field(0.0, ge=0, lt=1, description="the line's usual share of defective parts: "
+                                     "the anomaly-burst alarm's null rate is the model's alpha plus this")
+    burst_factor: float = Field(5.0, gt=1, description="the anomaly-burst alarm bets on the anomalous share "
+                                "rising to this many times its null rate")
     heatmap_max_side: int = Field(512, ge=16, description="longest side of returned heat maps")
 
     @model_validator(mode="after")

@@ -227,3 +227,23 @@ def test_alpha_query_moves_the_operating_point_and_is_reported(client, detector)
     assert loose["alpha"] == 0.5 and loose["threshold"] == pytest.approx(expected)
     assert loose["score"] == base["score"] and loose["verdict"] == ("anomalous" if base["score"] > expected else "good")
     assert client.post("/v1/models/parts/inspect?alpha=1.5", content=image, headers=hdr).status_code == 422
+
+
+def test_drift_and_burst_evidence_are_exported_and_reset_on_reload(make_client, detector, models_dir):
+    """Every inspection feeds the p-value histogram; a run of anomalies raises the burst evidence past the
+    alarm level and not the drift evidence; a reload (new calibration) starts both from zero."""
+    hdr, auth = {"content-type": "image/png"}, {"authorization": "Bearer k"}
+    with make_client(api_key="k", drift_threshold=100.0) as c:
+        assert metric(c, "sae_inspect_drift_alarm_level") == 2.0
+        for _ in range(3):
+            assert c.post("/v1/models/parts/inspect", content=GOOD, headers=hdr).json()["verdict"] == "good"
+        assert metric(c, "sae_inspect_p_value_count", model="parts") == 3
+        for _ in range(4):
+            assert c.post("/v1/models/parts/inspect", content=BAD, headers=hdr).json()["verdict"] == "anomalous"
+        assert metric(c, "sae_inspect_p_value_count", model="parts") == 7
+        assert metric(c, "sae_inspect_burst_evidence", model="parts") >= 2.0  # at the alarm level
+        assert metric(c, "sae_inspect_drift_evidence", model="parts") < 2.0  # defects are not drift
+        save_version(detector, models_dir / "parts.safetensors", "test-2")
+        assert c.post("/v1/models/parts/reload", headers=auth).json()["version"] == "test-2"
+        assert metric(c, "sae_inspect_burst_evidence", model="parts") == 0
+        assert metric(c, "sae_inspect_drift_evidence", model="parts") == 0
