@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.budget import PixelBudget
+from service.feedback import FeedbackStore
 from service.guards import BodyLimitError, GuardMiddleware
 from service.memory import return_large_frees_to_os
 from service.metrics import Metrics
@@ -61,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         registry = ModelRegistry(settings, metrics, executor)
         app.state.registry = registry
+        app.state.feedback = None
+        if settings.feedback_dir is not None:
+            app.state.feedback = FeedbackStore(settings.feedback_dir, settings.feedback_max_bytes,
+                                               settings.feedback_max_age_s,
+                                               lambda outcome: metrics.feedback_ring.labels(outcome).inc())
         if not settings.models_dir.is_dir():
             log.warning("models folder %s does not exist; serving nothing until it appears", settings.models_dir)
         outcomes = await registry.sync()
@@ -76,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close()
             executor.shutdown(wait=True)
             app.state.decode_pool.shutdown(wait=True)
+            if app.state.feedback is not None:
+                app.state.feedback.close()
 
     app = FastAPI(title="SAE Inspect", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")

@@ -68,4 +68,10 @@ class Metrics:
                                     registry=r)
         self.drift_alarm_level = Gauge("sae_inspect_drift_alarm_level", "log10 of the drift and burst alarm "
                                        "threshold", registry=r)
+        self.feedback = Counter("sae_inspect_feedback_total", "Operator labels filed, by label and the verdict "
+                                "they answered (live precision: defect / all, among verdict=anomalous)",
+                                ["model", "label", "verdict"], registry=r)
+        self.feedback_ring = Counter("sae_inspect_feedback_ring_writes_total", "Uploads offered to the feedback "
+                                     "ring by outcome (kept, dropped: queue full, failed: disk error)", ["outcome"],
+                                     registry=r)
         self.ready = Gauge("sae_inspect_ready", "1 when models are loaded and warmed up", registry=r)

@@ -9,7 +9,6 @@ import numpy as np
 
 from models.decision import normalized_map
 from models.inspection import Inspection
-from models.preprocess import Picture
 
 
 def _bounded(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -22,15 +21,20 @@ def _map_at(r: Inspection, h: int, w: int) -> np.ndarray:
     return cv2.resize(r.anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def overlay_png(image: Picture, r: Inspection, pixel_threshold: float, max_side: int) -> tuple[bytes, int, int]:
-    """JET colour map over the image; red = at or above twice the pixel threshold."""
+TRANSPARENT_BELOW = 0.35
+"""Normalised map value (0.5 = the pixel threshold) under which the overlay is fully transparent: a good
+part shows as itself, and the eye goes to what is near or above the threshold."""
+
+
+def overlay_png(r: Inspection, pixel_threshold: float, max_side: int) -> tuple[bytes, int, int]:
+    """RGBA overlay to lay over the image: JET colours (red = at or above twice the pixel threshold), fully
+    transparent well below the pixel threshold, fading in up to it."""
     h, w = _bounded(*r.layout.original_hw, max_side)
     amap = _map_at(r, h, w)
     norm = normalized_map(amap, pixel_threshold)
     colour = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    px = image.pixels if image.pixels.dtype == np.uint8 else (np.clip(image.pixels, 0, 1) * 255).astype(np.uint8)
-    base = cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)[..., ::-1]
-    out = cv2.addWeighted(base, 0.55, colour, 0.45, 0)
+    alpha = np.clip((norm - TRANSPARENT_BELOW) / (0.5 - TRANSPARENT_BELOW), 0, 1)
+    out = np.dstack([colour, (alpha * 255).astype(np.uint8)])
     ok, png = cv2.imencode(".png", out)
     assert ok
     return png.tobytes(), w, h

@@ -6,25 +6,24 @@ import time
 
 from fastapi import Request
 
-from models.preprocess import Picture
 from service import schemas
 from service.batcher import Result
 from service.render import b64, overlay_png, raw_map
 from service.settings import Settings
 
 
-def build_reply(request: Request, name: str, image: Picture, result: Result, filename: str | None,
-              decode_s: float, t0: float, heatmap: str, settings: Settings) -> schemas.Inspection:
+def build_reply(request: Request, name: str, result: Result, filename: str | None,
+              decode_s: float, t0: float, heatmap: str, settings: Settings, image_id: str) -> schemas.Inspection:
     r = result.inspection
     det = result.detector
     hm = None
     if heatmap != "none":
         pix = det.calibration.pixel_threshold
-        data, w, h = overlay_png(image, r, pix, settings.heatmap_max_side) if heatmap == "png" \
+        data, w, h = overlay_png(r, pix, settings.heatmap_max_side) if heatmap == "png" \
             else raw_map(r, settings.heatmap_max_side)
         hm = schemas.Heatmap(format=heatmap, width=w, height=h, data=b64(data), pixel_threshold=pix)
     return schemas.Inspection(
-        request_id=request.scope["state"]["request_id"], model=name, model_version=det.version,
+        request_id=request.scope["state"]["request_id"], image_id=image_id, model=name, model_version=det.version,
         filename=filename, score=r.score, threshold=r.threshold, alpha=r.alpha, p_value=r.p_value,
         verdict="anomalous" if r.anomalous else "good", image_width=r.layout.original_hw[1],
         image_height=r.layout.original_hw[0], regions=[schemas.RegionOut(**x._asdict()) for x in r.regions],

@@ -18,6 +18,7 @@ from models.inspection import NonFiniteScore, at_operating_point
 from models.preprocess import Picture
 from service import schemas
 from service.batcher import BatcherClosed, QueueFull, Result
+from service.feedback import NotKept, valid_image_id
 from service.metrics import Metrics
 from service.registry import ModelRegistry, Served, valid_name
 from service.replies import build_reply, explanation
@@ -45,13 +46,25 @@ def get_model(name: str, registry: Annotated[ModelRegistry, Depends(get_registry
     return served
 
 
+def _bearer_matches(request: Request, *keys) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and any(
+        k is not None and hmac.compare_digest(token.encode(), k.get_secret_value().encode()) for k in keys)
+
+
+def require_operator(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    if request.app.state.feedback is None:
+        raise HTTPException(403, "feedback is disabled: set SAE_INSPECT_FEEDBACK_DIR to keep uploads for it")
+    if settings.operator_key is None and settings.api_key is None:
+        raise HTTPException(403, "feedback is disabled: set SAE_INSPECT_OPERATOR_KEY (or SAE_INSPECT_API_KEY)")
+    if not _bearer_matches(request, settings.operator_key, settings.api_key):
+        raise HTTPException(401, "missing or wrong bearer operator key", headers={"WWW-Authenticate": "Bearer"})
+
+
 def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
     if settings.api_key is None:
         raise HTTPException(403, "admin routes are disabled: set SAE_INSPECT_API_KEY to enable them")
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+    if not _bearer_matches(request, settings.api_key):
         raise HTTPException(401, "missing or wrong bearer API key", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -94,7 +107,7 @@ async def _submit(registry: ModelRegistry, name: str, image: Picture, explain: b
 
 async def _inspect_one(request: Request, name: str, filename: str | None, data: bytes, heatmap: str,
                        settings: Settings, metrics: Metrics, explain: bool = False,
-                       alpha: float | None = None) -> schemas.Inspection:
+                       alpha: float | None = None, index: int | None = None) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
         image = await decode_upload(request, name, data, settings, filename)
@@ -119,7 +132,9 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                                                                    alpha))
         except UnsupportedAlpha as e:
             raise HTTPException(422, str(e)) from None
-    resp = build_reply(request, name, image, result, filename, decode_s, t0, heatmap, settings)
+    rid = request.scope["state"]["request_id"]
+    image_id = rid if index is None else f"{rid}.{index}"
+    resp = build_reply(request, name, result, filename, decode_s, t0, heatmap, settings, image_id)
     if explain:
         resp.explanation = explanation(result.detector, result.explanation, result.inference_seconds)
     r = result.inspection
@@ -128,6 +143,11 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
     if r.anomalous:
         metrics.anomalies.labels(name).inc()
     _observe_drift(request.app.state.registry, name, result.detector, r.score, metrics)
+    if request.app.state.feedback is not None:
+        request.app.state.feedback.keep(name, image_id, data, {
+            "image_id": image_id, "model": name, "model_version": resp.model_version, "verdict": resp.verdict,
+            "score": resp.score, "threshold": resp.threshold, "p_value": resp.p_value, "filename": filename,
+            "inspected_at": time.time()})
     ratio = score_ratio(r.score, r.threshold)
     if ratio is not None:  # never observe a value that means nothing (threshold <= 0) or is not finite
         metrics.score_ratio.labels(name).observe(ratio)
@@ -183,15 +203,15 @@ async def inspect_batch(request: Request, served: Model, settings: Annotated[Set
     _check_alpha(served, alpha)
     files = await images_from_request(request, settings, many=True)
 
-    async def one(filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
+    async def one(i: int, filename: str | None, data: bytes) -> schemas.Inspection | schemas.ImageError:
         try:
             return await _inspect_one(request, served.name, filename, data, heatmap, settings, metrics, explain,
-                                      alpha)
+                                      alpha, index=i)
         except HTTPException as e:  # this file alone failed; its metric was counted in _inspect_one
             return schemas.ImageError(filename=filename, status=e.status_code,
                                       error=schemas.error_code(e.status_code), detail=str(e.detail))
 
-    results = await asyncio.gather(*(one(f, d) for f, d in files))
+    results = await asyncio.gather(*(one(i, f, d) for i, (f, d) in enumerate(files)))
     if all(isinstance(r, schemas.ImageError) and r.status == 503 for r in results):
         raise HTTPException(503, f"model {served.name!r} is at capacity; retry shortly", headers={"Retry-After": "1"})
     return schemas.BatchInspection(request_id=request.scope["state"]["request_id"], results=list(results))
@@ -222,6 +242,30 @@ async def list_models(registry: Annotated[ModelRegistry, Depends(get_registry)])
 @router.get("/v1/models/{name}", response_model=schemas.ModelCard, tags=["models"])
 async def model_card(served: Model) -> schemas.ModelCard:
     return _card(served)
+
+
+@router.post("/v1/models/{name}/feedback", response_model=schemas.FeedbackOut, tags=["feedback"],
+             dependencies=[Depends(require_operator)], responses={s: {"model": schemas.ErrorBody}
+                                                                  for s in (401, 403, 404, 422)})
+async def feedback(request: Request, name: str, body: schemas.FeedbackIn,
+                   metrics: Annotated[Metrics, Depends(get_metrics)]) -> schemas.FeedbackOut:
+    """File a kept inspection as ``good`` (a false alarm: training data) or ``defect`` (confirmed)."""
+    if not valid_name(name):
+        raise HTTPException(404, "invalid model name")
+    if not valid_image_id(body.image_id):
+        raise HTTPException(404, f"unknown image id {body.image_id[:80]!r}: use the image_id of an inspection reply")
+    store = request.app.state.feedback
+    try:
+        rec = await asyncio.get_running_loop().run_in_executor(
+            None, store.file, name, body.image_id, body.label, body.box)
+    except NotKept as e:
+        raise HTTPException(404, str(e)) from None
+    except OSError as e:
+        raise HTTPException(503, f"could not file the image: {e.strerror or e}", headers={"Retry-After": "5"}) \
+            from None
+    metrics.feedback.labels(name, body.label, rec["verdict"]).inc()
+    return schemas.FeedbackOut(file=rec["file"], label=body.label, verdict=rec["verdict"], score=rec["score"],
+                               model_version=rec["model_version"])
 
 
 @router.post("/v1/models/reload", tags=["admin"], dependencies=[Depends(require_admin)])

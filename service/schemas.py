@@ -69,6 +69,8 @@ class Explanation(BaseModel):
 
 class Inspection(BaseModel):
     request_id: str
+    image_id: str = Field(description="this image's id for POST /v1/models/{name}/feedback: the request id, "
+                          "with '.N' appended for the N-th file of a batch")
     model: str
     model_version: str
     filename: str | None = None
@@ -129,6 +131,22 @@ class ErrorBody(BaseModel):
     error: str
     detail: str
     request_id: str | None = None
+
+
+class FeedbackIn(BaseModel):
+    image_id: str = Field(description="the image_id of the inspection (its request id for a single image)")
+    label: Literal["good", "defect"] = Field(description="good: a false alarm (or a good part to train on); "
+                                             "defect: a confirmed defect")
+    box: list[int] | None = Field(None, min_length=4, max_length=4,
+                                  description="optional defect box x, y, width, height in image pixels")
+
+
+class FeedbackOut(BaseModel):
+    file: str = Field(description="where the image was filed, relative to the feedback folder")
+    label: str
+    verdict: str
+    score: float
+    model_version: str
 
 
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
                                      "the anomaly-burst alarm's null rate is the model's alpha plus this")
     burst_factor: float = Field(5.0, gt=1, description="the anomaly-burst alarm bets on the anomalous share "
                                 "rising to this many times its null rate")
+    feedback_dir: Path | None = Field(None, description="opt-in: keep recent uploads per model here (a bounded "
+                                      "ring) so operators can file them as good or defect; unset = off")
+    feedback_max_bytes: int = Field(2 * 2**30, ge=1 << 20, description="disk the ring of kept uploads may use")
+    feedback_max_age_s: float = Field(7 * 86400, gt=0, description="kept uploads older than this are deleted")
+    operator_key: SecretStr | None = Field(None, description="bearer key for POST .../feedback (the admin key "
+                                           "works too); unset and no admin key = feedback disabled")
     heatmap_max_side: int = Field(512, ge=16, description="longest side of returned heat maps")
 
     @model_validator(mode="after")

@@ -50,11 +50,14 @@ class TestItem:
 
 
 def mvtec_test_set(root: str | Path) -> list[TestItem]:
-    """test/<type>/* images with ground_truth/<type>/<stem>_mask.png where present."""
+    """test/<type>/* images with ground_truth/<type>/<stem>_mask.png where present. A folder without
+    test/ whose sub-folders are good/ and defect kinds (the service's feedback folder of one model:
+    good/ and defect/) is read the same way, without masks."""
     root = Path(root)
-    test = root / "test"
-    if not test.is_dir() or not (test / "good").is_dir():
-        raise ValueError(f"{root}: not an MVTec-layout folder (expected test/good and test/<defect>)")
+    test = root / "test" if (root / "test").is_dir() else root
+    if not (test / "good").is_dir():
+        raise ValueError(f"{root}: not an MVTec-layout folder (expected test/good and test/<defect>) nor a "
+                         "feedback folder (good/ and defect/)")
     items = []
     for sub in sorted(p for p in test.iterdir() if p.is_dir()):
         for img in list_images(sub):

@@ -82,6 +82,7 @@ async function inspect(file) {
     return;
   }
   const url = URL.createObjectURL(file);
+  state.last = res;
   render(res, url);
   state.recent.unshift({ url, verdict: res.verdict, score: res.score, name: file.name });
   state.recent = state.recent.slice(0, 12);
@@ -92,6 +93,8 @@ async function inspect(file) {
 
 function render(res, url) {
   $("result").hidden = false;
+  $("fb-status").textContent = "";
+  $("fb-good").disabled = $("fb-defect").disabled = false;
   $("verdict").className = `verdict ${res.verdict}`;
   $("verdict").textContent = res.verdict === "anomalous" ? "ANOMALOUS" : "GOOD";
   $("score-text").textContent = `score ${res.score.toFixed(4)} / threshold ${res.threshold.toFixed(4)}`;
@@ -124,6 +127,22 @@ function render(res, url) {
       `#${e.latent} (${(100 * e.rate_here).toFixed(0)}%)`, crops(e.atlas, "expected atlas"))))))));
 }
 
+// Operator feedback: file the last inspected image as good (a false alarm) or as a confirmed defect.
+async function sendFeedback(label) {
+  const res = state.last;
+  if (!res) return;
+  try {
+    const out = await api(`/v1/models/${encodeURIComponent(res.model)}/feedback`, {
+      method: "POST", body: JSON.stringify({ image_id: res.image_id, label }),
+      headers: { "content-type": "application/json", authorization: `Bearer ${$("operator-key").value}` } });
+    $("fb-status").textContent = `filed as ${out.label}: ${out.file}`;
+    $("fb-good").disabled = $("fb-defect").disabled = true;
+  } catch (e) {
+    $("fb-status").textContent = `not filed: ${e.message}`;
+  }
+}
+$("fb-good").addEventListener("click", () => sendFeedback("good"));
+$("fb-defect").addEventListener("click", () => sendFeedback("defect"));
 $("opacity").addEventListener("input", () => { $("overlay").style.opacity = $("opacity").value / 100; });
 $("file").addEventListener("change", (e) => e.target.files[0] && inspect(e.target.files[0]));
 $("model").addEventListener("change", renderCard);

@@ -60,7 +60,12 @@ def test_heatmaps(client):
     png = client.post("/v1/models/parts/inspect?heatmap=png", content=BAD, headers={"content-type": "image/png"})
     hm = png.json()["heatmap"]
     img = Image.open(io.BytesIO(base64.b64decode(hm["data"])))
-    assert img.size == (hm["width"], hm["height"]) == (320, 192)
+    assert img.size == (hm["width"], hm["height"]) == (320, 192) and img.mode == "RGBA"
+    alpha_bad = np.asarray(img)[..., 3]
+    good = client.post("/v1/models/parts/inspect?heatmap=png", content=GOOD, headers={"content-type": "image/png"})
+    alpha_good = np.asarray(Image.open(io.BytesIO(base64.b64decode(good.json()["heatmap"]["data"]))))[..., 3]
+    # the overlay is transparent where the map is well below the pixel threshold: a good part stays untinted
+    assert (alpha_good == 0).mean() > 0.9 and (alpha_bad == 255).any()
     raw = client.post("/v1/models/parts/inspect?heatmap=raw", content=BAD, headers={"content-type": "image/png"})
     hm = raw.json()["heatmap"]
     values = np.frombuffer(base64.b64decode(hm["data"]), "<f4").reshape(hm["height"], hm["width"])

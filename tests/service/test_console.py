@@ -3,9 +3,12 @@
 import shutil
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
-from bench.images import part_png
+from bench.images import encode, part_png
 from bench.servers import running_server
 from service.settings import Settings
 
@@ -39,7 +42,11 @@ def test_console_in_headless_chromium(models_dir, tmp_path):
     name = '<img src=x onerror="window.__pwned=1">.png'  # a crafted upload name
     image = tmp_path / name
     image.write_bytes(part_png(32, defect="scratch"))
-    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0)
+    tall = tmp_path / "tall.png"
+    tall.write_bytes(encode(Image.fromarray(np.full((1263, 500, 3), 140, np.uint8)), "PNG"))
+    feedback = tmp_path / "feedback"
+    settings = Settings(models_dir=models_dir, device="cpu", watch_interval_s=0, feedback_dir=feedback,
+                        operator_key="op-key")
     with running_server(settings) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -59,8 +66,20 @@ def test_console_in_headless_chromium(models_dir, tmp_path):
             page.fill("#opacity", "20")
             page.dispatch_event("#opacity", "input")
             assert page.evaluate("getComputedStyle(document.getElementById('overlay')).opacity") == "0.2"
+            # the operator confirms the defect: the image is filed and counted
+            page.fill("#operator-key", "op-key")
+            page.click("#fb-defect")
+            page.wait_for_selector("#fb-status:has-text('filed as defect')", timeout=30_000)
+            filed = list((feedback / "parts" / "defect").glob("*.png"))
+            assert len(filed) == 1 and filed[0].read_bytes() == image.read_bytes()
+            assert 'sae_inspect_feedback_total{label="defect",model="parts",verdict="anomalous"} 1.0' in \
+                httpx.get(url + "/metrics").text
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+            # a tall part (500 x 1263) fits the viewport
+            page.set_input_files("#file", str(tall))
+            page.wait_for_selector("#recent figcaption:has-text('tall.png')", timeout=60_000)
+            assert page.evaluate("document.getElementById('photo').getBoundingClientRect().height") <= 1200
             page.goto(url + "/#model")
             page.wait_for_selector("#card td")
             assert "Calibration images" in page.inner_text("#card")

@@ -51,6 +51,23 @@ def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys
     assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
 
 
+def test_evaluate_accepts_a_feedback_folder(fitted, small_data, tmp_path):
+    """The service's feedback folder of one model (good/ and defect/ with JSON side files) is a test set."""
+    import shutil
+
+    fb = tmp_path / "feedback" / "parts"
+    for kind, src in (("good", "good"), ("defect", "scratch")):
+        (fb / kind).mkdir(parents=True)
+        for p in (small_data / "test" / src).iterdir():
+            shutil.copy(p, fb / kind / p.name)
+            (fb / kind / (p.stem + ".json")).write_text("{}")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(fitted), str(fb), "--out", str(out), "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    n_bad = len(list((small_data / "test" / "scratch").iterdir()))
+    assert m["n_images"] == 6 + n_bad and "pixel_auroc" not in m and 0 <= m["image_auroc"] <= 1
+
+
 def test_score_reports_per_file(fitted, small_data, tmp_path, capsys):
     junk = tmp_path / "junk.png"
     junk.write_text("hello")
