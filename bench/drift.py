@@ -7,7 +7,7 @@ pipeline, then scores
   (every order of i.i.d. scores is exchangeable with the calibration), scored against the
   Shiryaev-Roberts bound: at threshold A the mean number of images to a false alarm is >= A;
 * drifted parts, after a clean run-in: darker lighting, defocus blur, the camera shifted, a new
-  product variant (a knurled grip band), and a burst of defective parts: images until the
+  product variant (a marking zone), and a burst of defective parts: images until the
   drift alarm and the burst alarm at the default threshold (1e6).
 
     python -m bench.drift      # ~5 min on 2 cores; writes bench/results/drift.{json,md,png}
@@ -30,7 +30,7 @@ OUT = ROOT / "bench" / "results"
 
 
 def _drifted(kind: str, rng: np.random.Generator, n: int) -> list[np.ndarray]:
-    from models.synthetic import DEFECTS, add_defect, good_part, knurled_part
+    from models.synthetic import DEFECTS, add_defect, good_part, marked_part
 
     out = []
     for i in range(n):
@@ -41,8 +41,8 @@ def _drifted(kind: str, rng: np.random.Generator, n: int) -> list[np.ndarray]:
             img = cv2.GaussianBlur(img, (0, 0), 1.5)
         elif kind == "camera shifted (12 px)":
             img = np.roll(img, 12, axis=1)
-        elif kind == "new product variant (knurled band)":
-            img = knurled_part(rng)
+        elif kind == "new product variant (marking zone)":
+            img = marked_part(rng)
         elif kind == "defect burst (20 % defective)":
             if rng.random() < 0.2:
                 img = add_defect(rng, img, DEFECTS[i % len(DEFECTS)])[0]
@@ -53,7 +53,7 @@ def _drifted(kind: str, rng: np.random.Generator, n: int) -> list[np.ndarray]:
 
 
 DRIFTS = ("darker lighting (x0.8)", "defocus blur (sigma 1.5 px)", "camera shifted (12 px)",
-          "new product variant (knurled band)", "defect burst (20 % defective)")
+          "new product variant (marking zone)", "defect burst (20 % defective)")
 
 
 def main() -> None:

@@ -47,21 +47,24 @@ def free_pose_part(rng: np.random.Generator, height: int = 192, width: int = 320
     return cv2.warpAffine(part, m, (width, height), flags=cv2.INTER_LINEAR, borderValue=(31, 30, 30))
 
 
-def knurled_part(rng: np.random.Generator, height: int = 192, width: int = 320) -> np.ndarray:
-    """A good part in fixed pose whose texture depends on position: a knurled grip band (strong, random
-    fine relief) across its left third. Raw reconstruction error is high in the band on every good part,
-    so a defect elsewhere is judged against the band unless the error is normalised by position."""
-    img = good_part(rng, height, width).astype(np.float32)
+def marked_part(rng: np.random.Generator, height: int = 192, width: int = 320) -> np.ndarray:
+    """A good part in fixed pose with a marking zone on its left 40 % whose content changes from part to
+    part (a printed serial number, a date code): strong random strokes there on every good part. Raw
+    reconstruction error is high in the zone on every good part, so a defect elsewhere is judged against
+    the marking unless the error is normalised by position."""
+    img = good_part(rng, height, width)
     m = max(4, int(0.06 * min(height, width)))
-    x0, x1 = m, width // 3
-    relief = rng.normal(0, 1, (height, x1 - x0)).astype(np.float32)
-    relief = cv2.GaussianBlur(relief, (0, 0), 0.7)
-    relief *= 60 / (relief.std() + 1e-6)
-    img[m : height - m, x0:x1] += relief[m : height - m, :, None]
-    return np.clip(img, 0, 255).astype(np.uint8)
+    x0, x1 = 2 * m, int(0.4 * width)
+    for _ in range(int(rng.integers(10, 16))):
+        p0 = (int(rng.integers(x0, x1)), int(rng.integers(2 * m, height - 2 * m)))
+        p1 = (int(np.clip(p0[0] + rng.integers(-25, 26), x0, x1)), int(np.clip(p0[1] + rng.integers(-25, 26),
+                                                                                 2 * m, height - 2 * m)))
+        shade = int(rng.choice([20, 235]))
+        cv2.line(img, p0, p1, (shade, shade, shade), int(rng.integers(2, 5)))
+    return img
 
 
-PARTS = {"plate": good_part, "free_pose": free_pose_part, "knurled": knurled_part}
+PARTS = {"plate": good_part, "free_pose": free_pose_part, "marked": marked_part}
 
 
 def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

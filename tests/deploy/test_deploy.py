@@ -82,7 +82,7 @@ def test_dashboard_queries_only_exported_metrics(client):
     assert used and used <= _exported_names(client), used - _exported_names(client)
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("inspections per second", "anomaly rate", "latency", "batch", "queue", "outcome", "version",
-                  "reload", "memory", "drift", "burst", "p-value histogram"):
+                  "reload", "memory", "drift", "burst", "p-value histogram", "feedback", "live precision"):
         assert topic in titles
 
 

@@ -13,10 +13,10 @@ from training.fit import fit_detector
 from training.select import paired_auroc, select_normalization
 
 
-def _fitted(root, part):
+def _fitted(root, part, select_count=30):
     data = write_dataset(root, n_train=110, n_test_good=0, n_test_bad=0, seed=7, part=part)
-    split = split_images(list_images(data / "train" / "good"), CalibrationConfig(select_count=30, min_count=12,
-                                                                                  fraction=0.1))
+    split = split_images(list_images(data / "train" / "good"), CalibrationConfig(select_count=select_count,
+                                                                                  min_count=12, fraction=0.1))
     return split, fit_detector(split.fit, ModelConfig(), FAST_FIT, "cpu")
 
 
@@ -39,9 +39,9 @@ def test_free_pose_choice_is_made_on_held_out_images_and_keeps_the_simple_score(
 
 
 def test_fixed_pose_part_with_position_dependent_texture_gets_a_position_aware_score(tmp_path):
-    split, det = _fitted(tmp_path, "knurled")
+    split, det = _fitted(tmp_path, "marked", select_count=48)
     choice, table = select_normalization(det, split.select, seed=0)
-    print("knurled part:", table["auroc_on_synthetic_defects"], "bounds:", table["lead_lower_bound_95"])
+    print("marked part:", table["auroc_on_synthetic_defects"], "bounds:", table["lead_lower_bound_95"])
     assert choice != "none" and table["lead_lower_bound_95"][choice] > 0
 
 
