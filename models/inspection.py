@@ -132,6 +132,11 @@ class Scorer:
     def canvas_maps(self, canvases: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def can_explain(self) -> bool:
+        """Whether ``explain`` can run: a latent atlas here (PyTorch) or an artifact to load it from (ONNX)."""
+        return getattr(self, "atlas", None) is not None
+
     # ---- decoding for this model's geometry ------------------------------------------
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Picture:
         """Image file bytes -> a picture reduced at decode for this model's work image (see models.imageio)."""

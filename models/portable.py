@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -80,10 +81,11 @@ class PortableDetector(Scorer):
     """Scores with an exported ONNX model; same decisions as ``Detector`` within the export tolerance."""
 
     runtime = "onnxruntime"
-    atlas = None  # explanations need the PyTorch artifact
 
     def __init__(self, path: str | Path, alpha: float | None = None, providers: list[str] | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, companion: str | Path | None = None):
+        """`companion`: the `.safetensors` artifact this file was exported from (checked by its sha256,
+        StaleExport otherwise); explanations load it lazily and run on PyTorch."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -105,6 +107,17 @@ class PortableDetector(Scorer):
         self.grid = FeatureGrid.of(self.config)
         self.meta = MappingProxyType({k: v for k, v in meta.items() if k not in ("config", "calibration")})
         self.batch_size, self.path = batch_size, path
+        self.companion = None if companion is None else Path(companion)
+        if self.companion is not None:
+            try:
+                digest = hashlib.sha256(self.companion.read_bytes()).hexdigest()
+            except OSError as e:
+                raise ArtifactError(f"{self.companion}: cannot read ({e.strerror})") from e
+            if digest != meta.get("artifact_sha256"):
+                raise StaleExport(f"{path.name} was exported from another version of {self.companion.name}; "
+                                  "re-export it (a fit writes both)")
+        self._explainer: Scorer | None = None
+        self._explainer_lock = threading.Lock()
         self.session = ort.InferenceSession(data, providers=providers or ["CPUExecutionProvider"])
 
     @property
@@ -117,8 +130,25 @@ class PortableDetector(Scorer):
                for i in range(0, len(canvases), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) * 3, np.float32)
 
-    def explain(self, *_: Any, **__: Any) -> Any:
-        raise RuntimeError("an exported model has no latent atlas; explain with the .safetensors artifact")
+    @property
+    def can_explain(self) -> bool:
+        return self.companion is not None
+
+    @property
+    def atlas(self) -> Any:
+        """The latent atlas lives in the PyTorch artifact (the companion), once an explanation loaded it."""
+        return None if self._explainer is None else self._explainer.atlas
+
+    def explain(self, image: Any) -> Any:
+        """Explanations run on the PyTorch artifact this file was exported from (loaded on first use, on
+        the CPU), at this model's operating point: scores equal the ONNX ones within the export tolerance."""
+        if self.companion is None:
+            raise ArtifactError("an exported model without its .safetensors artifact beside it cannot explain")
+        with self._explainer_lock:
+            if self._explainer is None:
+                det = load_scorer(self.companion, "cpu")
+                self._explainer = det.replace(calibration=self.calibration)
+        return self._explainer.explain(image)
 
 
 def export_metadata(config: ModelConfig, calibration: Calibration, meta: dict[str, Any],
@@ -131,14 +161,20 @@ def export_metadata(config: ModelConfig, calibration: Calibration, meta: dict[st
             "input_layout": "N x size x size x 3 float32 RGB in [0, 1] (canvases of models.preprocess)"}
 
 
-def load_scorer(path: str | Path, device: str = "auto", alpha: float | None = None) -> Any:
+class StaleExport(ArtifactError):
+    """An .onnx file whose recorded artifact digest is not the artifact beside it."""
+
+
+def load_scorer(path: str | Path, device: str = "auto", alpha: float | None = None,
+                companion: str | Path | None = None) -> Any:
     """The one way to load a model file by its suffix: a `.safetensors` artifact (PyTorch) or an exported
-    `.onnx` file (ONNX Runtime), optionally at another operating point `alpha`; both score and decide
-    through the same ``Scorer`` code. A missing runtime is an ArtifactError naming what to install."""
+    `.onnx` file (ONNX Runtime, explaining through its `companion` artifact when given), optionally at
+    another operating point `alpha`; both score and decide through the same ``Scorer`` code. A missing
+    runtime is an ArtifactError naming what to install."""
     path = Path(path)
     if path.suffix == SUFFIX:
         try:
-            return PortableDetector(path, alpha)
+            return PortableDetector(path, alpha, companion=companion)
         except ImportError as e:
             raise ArtifactError(f"{path.name}: serving .onnx needs onnxruntime and onnx (missing: {e.name}); "
                                 "pip install 'sae-inspect[onnx]'") from e

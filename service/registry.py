@@ -9,6 +9,7 @@ and the old model keeps serving.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from models.drift import DriftConfig, DriftMonitor
 from models.files import ARTIFACT_SUFFIX as SUFFIX
 from models.files import ONNX_SUFFIX, ArtifactError
 from models.inspection import Scorer
-from models.portable import load_scorer
+from models.portable import StaleExport, load_scorer
 from service.batcher import MicroBatcher
 from service.metrics import Metrics
 from service.settings import Settings
@@ -34,6 +35,22 @@ batched throughput (bench/results/cost.md); a GPU needs larger batches to fill."
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_RULE = ("a model name (the file stem) must be 1-64 ASCII letters, digits, '_', '.' or '-', start with a "
              "letter or digit and hold no '..'")
+
+
+def _cuda_available() -> bool:
+    """Without PyTorch (an ONNX-only install) there is no CUDA to serve on."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def valid_name(name: str) -> bool:
@@ -72,29 +89,49 @@ class ModelRegistry:
         self.ignored: dict[str, str] = {}
         """Artifact files in the folder that will not be served, by file name, and why."""
         self._lock = asyncio.Lock()
-        self._failed_stamps: dict[str, tuple[int, int]] = {}
+        self._failed_stamps: dict[str, tuple] = {}
+        self.companions: dict[str, Path] = {}
+        """name -> the .safetensors beside a served .onnx (explanations, and the staleness check)."""
+        self.stale: dict[str, str] = {}
+        """ONNX files found to be exported from another version of the artifact beside them, and why."""
+
+    def preferred_suffix(self) -> str:
+        """The file that serves a model with both: SAE_INSPECT_PREFER_RUNTIME, where ``auto`` takes the ONNX
+        export on CPU when onnxruntime is installed (bench/results/cost.md: faster than PyTorch eager there)."""
+        pref = self.settings.prefer_runtime
+        if pref == "auto":
+            on_cpu = self.settings.device == "cpu" or (self.settings.device == "auto" and not _cuda_available())
+            pref = "onnxruntime" if on_cpu and _installed("onnxruntime") else "pytorch"
+        return ONNX_SUFFIX if pref == "onnxruntime" else SUFFIX
 
     def artifact_files(self) -> dict[str, Path]:
         """Servable artifacts (.safetensors, or exported .onnx) by model name; unservable ones are logged
-        once and listed in `ignored`. With both files for one name, `prefer_runtime` picks."""
+        once and listed in `ignored`. With both files for one name, `preferred_suffix` picks; an ONNX
+        file chosen that way explains through (and is checked against) the .safetensors beside it."""
         d = self.settings.models_dir
         found = sorted(p for suffix in (SUFFIX, ONNX_SUFFIX) for p in d.glob(f"*{suffix}") if p.is_file()) \
             if d.is_dir() else []
         ignored = {p.name: NAME_RULE for p in found if not valid_name(p.stem)}
-        preferred = ONNX_SUFFIX if self.settings.prefer_runtime == "onnxruntime" else SUFFIX
+        preferred = self.preferred_suffix()
         stems = {}
         for p in found:
             if p.name not in ignored:
                 stems.setdefault(p.stem, []).append(p)
-        for paths in stems.values():
+        self.companions = {}
+        for stem, paths in stems.items():
             if len(paths) > 1:
                 for p in paths:
                     if p.suffix != preferred:
-                        ignored[p.name] = f"a {preferred} file of the same name is served (SAE_INSPECT_PREFER_RUNTIME)"
+                        ignored[p.name] = f"the {preferred} file of the same name is served " \
+                                          "(SAE_INSPECT_PREFER_RUNTIME)"
+                if preferred == ONNX_SUFFIX:
+                    self.companions[stem] = next(p for p in paths if p.suffix == SUFFIX)
         for fname in ignored.keys() - self.ignored.keys():
-            log.warning("models folder: not serving %r: %s", fname, NAME_RULE)
-        self.ignored = ignored
-        return {p.stem: p for p in found if p.name not in ignored}
+            log.warning("models folder: not serving %r: %s", fname, ignored[fname])
+        served = {p.stem: p for p in found if p.name not in ignored}
+        # a stale export is loaded, found stale and replaced by its artifact at each change of either file
+        self.ignored = {**ignored, **{n: r for n, r in self.stale.items() if n in {p.name for p in found}}}
+        return served
 
     @property
     def ready(self) -> bool:
@@ -103,13 +140,24 @@ class ModelRegistry:
     def _publish_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple[int, int]:
-        st = path.stat()
-        return st.st_mtime_ns, st.st_size
+    def _stamp(self, path: Path) -> tuple:
+        """Change marker of a model's files: the served file and, for an ONNX export, the artifact beside it
+        and the export under the same name (a new artifact makes a served export stale, a new export may
+        make a stale one current)."""
+        paths = [path, path.with_suffix(SUFFIX), path.with_suffix(ONNX_SUFFIX)]
+        return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in paths)
 
     def _load_and_warm(self, path: Path) -> Scorer:
-        det = load_scorer(path, self.settings.device)
+        companion = self.companions.get(path.stem) if path.suffix == ONNX_SUFFIX else None
+        try:
+            det = load_scorer(path, self.settings.device, companion=companion)
+        except StaleExport as e:  # serve the artifact itself; the export is listed as not served, and why
+            log.warning("model %s: %s; serving %s with PyTorch", path.stem, e, companion.name)
+            self.stale[path.name] = self.ignored[path.name] = str(e)
+            det = load_scorer(companion, self.settings.device)
+        else:
+            self.stale.pop(path.name, None)
+            self.ignored.pop(path.name, None)
         if det.calibration is None:
             raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
         det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs

@@ -87,9 +87,9 @@ def _check_alpha(served: Served, alpha: float | None) -> None:
 
 def _require_atlas(registry: ModelRegistry, name: str) -> None:
     served = registry.models.get(name)
-    if served is not None and served.detector.atlas is None:
-        raise HTTPException(422, f"model {name!r} has no latent atlas (an ONNX export, or fitted by an older "
-                                 "version): explain needs its .safetensors artifact")
+    if served is not None and not served.detector.can_explain:
+        raise HTTPException(422, f"model {name!r} cannot explain: an ONNX export served without its .safetensors "
+                                 "artifact beside it, or an artifact fitted without a latent atlas")
 
 
 async def _submit(registry: ModelRegistry, name: str, image: Picture, explain: bool = False) -> Result:

@@ -37,8 +37,9 @@ class Settings(BaseSettings):
                                     "headers within this time of opening (or of its previous response)")
     keepalive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(256, ge=1, description="open connections; more are answered 503 and closed")
-    prefer_runtime: Literal["pytorch", "onnxruntime"] = Field(
-        "pytorch", description="which file serves a model that has both a .safetensors and an exported .onnx")
+    prefer_runtime: Literal["auto", "pytorch", "onnxruntime"] = Field(
+        "auto", description="which file serves a model that has both a .safetensors and its exported .onnx: "
+        "auto = the ONNX export on CPU when onnxruntime is installed (faster there), PyTorch on a GPU")
     api_key: SecretStr | None = Field(None, description="bearer key for admin routes; unset = admin disabled")
     watch_interval_s: float = Field(2.0, ge=0, description="poll the models folder this often; 0 = off")
     drift_threshold: float = Field(1e6, gt=1, description="drift and anomaly-burst alarms fire when their "

@@ -111,6 +111,42 @@ def cmd_fit(a: argparse.Namespace) -> None:
     log.info("wrote %s (version %s): threshold %.4g at alpha=%g (guaranteed; asked %g) from %d calibration "
              "images; %d images in %.1fs (%.1f img/s)", out, det.version, cal.threshold, cal.alpha,
              cal.requested_alpha, len(cal.scores), len(paths), elapsed, len(paths) / elapsed)
+    if a.export:
+        _export_beside(det, out, paths)
+    elif out.with_suffix(".onnx").exists():  # it was exported from the artifact just replaced
+        out.with_suffix(".onnx").unlink()
+        log.info("removed %s: it was exported from the previous %s", out.with_suffix(".onnx"), out.name)
+
+
+def _export_beside(det: Detector, out: Path, paths: list[Path]) -> None:
+    """Write the validated ONNX export next to the artifact (``<out>.onnx``), so a CPU service serves the
+    faster runtime by default. Without ONNX support, or when validation fails, no export is left there
+    (an older one would be stale); the artifact alone is complete."""
+    onnx_out = out.with_suffix(".onnx")
+    try:
+        import onnxruntime  # noqa: F401
+
+        from training.export import export_onnx
+    except ImportError as e:
+        onnx_out.unlink(missing_ok=True)
+        log.warning("no ONNX export written (%s is not installed; pip install 'sae-inspect[export]'): %s is "
+                    "served with PyTorch", e.name, out.name)
+        return
+    t0 = time.perf_counter()
+    step = max(1, len(paths) // 16)
+    try:
+        summary = export_onnx(det, out, onnx_out, paths[::step][:16])
+    except ImportError as e:  # onnx / onnxscript (the exporter's) missing
+        onnx_out.unlink(missing_ok=True)
+        log.warning("no ONNX export written (%s is not installed; pip install 'sae-inspect[export]'): %s is "
+                    "served with PyTorch", e.name, out.name)
+        return
+    except (ArtifactError, ValueError) as e:
+        onnx_out.unlink(missing_ok=True)
+        log.error("ONNX export failed (%s); %s is complete and is served with PyTorch", e, out.name)
+        return
+    log.info("wrote %s in %.1fs: scores of %d images match PyTorch within %.1e x the score scale", onnx_out,
+             time.perf_counter() - t0, summary["images"], summary["max_score_gap_over_scale"])
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -225,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
     f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
                    help=f"default {FitConfig.max_patches}")
+    f.add_argument("--no-export", dest="export", action="store_false",
+                   help="do not write the validated ONNX export <out>.onnx beside the artifact (by default it is "
+                        "written when onnxruntime is installed; a CPU service then serves it); an older one there "
+                        "is removed")
     f.add_argument("--repair", type=float, default=FitConfig.repair,
                    help="share of each SAE batch trained to repair corrupted features (synthetic defects and "
                         f"feature noise in, the clean feature out); 0 = plain copy; default {FitConfig.repair}")

@@ -91,3 +91,25 @@ def test_bad_settings_and_scores_are_refused():
         _monitor(np.random.default_rng(0)).observe(float("nan"), False)
     with pytest.raises(ValueError, match="calibration"):
         DriftMonitor(np.array([]), 0.01)
+
+
+def test_on_generated_parts_a_clean_stream_stays_quiet_and_darker_lighting_raises_the_alarm(detector):
+    """Real model scores: 300 new good parts raise no alarm; the same parts under 20 % less light (mostly
+    still judged good) reach the alarm level within 200 images."""
+    from models.synthetic import good_part
+
+    rng = np.random.default_rng(21)
+    parts = [good_part(rng) for _ in range(500)]
+    clean = [detector.score_map(m) for m, _ in detector.maps(parts[:300])]
+    darker = [detector.score_map(m) for m, _ in detector.maps([(p * 0.8).astype(np.uint8) for p in parts[300:]])]
+    cal = detector.calibration
+    mon = DriftMonitor(np.asarray(cal.scores), cal.alpha, DriftConfig(), seed=0)
+    for s in clean:
+        mon.observe(s, s > cal.threshold)
+    assert not mon.drifting and not mon.bursting, (mon.drift_evidence, mon.burst_evidence)
+    seen = 0
+    while seen < len(darker) and not (mon.drifting or mon.bursting):
+        mon.observe(darker[seen], darker[seen] > cal.threshold)
+        seen += 1
+    print(f"after {seen} darker parts: drift evidence {mon.drift_evidence:.1f}, burst {mon.burst_evidence:.1f}")
+    assert mon.drifting or mon.bursting

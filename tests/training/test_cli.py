@@ -10,7 +10,7 @@ from models.synthetic import write_dataset
 from training.calibrate import CalibrationConfig
 from training.cli import main
 
-FAST = ["--steps", "60", "--max-patches", "20000", "--min-calib", "8", "--device", "cpu"]
+FAST = ["--steps", "60", "--max-patches", "20000", "--min-calib", "8", "--device", "cpu", "--no-export"]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     assert n in (7, 8) and cal.alpha == pytest.approx(1 / (n + 1)) and cal.threshold == cal.scores[-1]
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), cal.alpha)
     assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
-    # 25 files, 8 held out for calibration, the unreadable one skipped wherever it landed
-    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
+    # 25 files: calibration and scoring-selection images held out, the unreadable one skipped wherever it landed
+    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] + det.meta["n_selection_images"] == 24
     assert det.meta["version"] and det.meta["dataset_fingerprint"] and det.meta["calibration_split"]["seed"] == 0
 
 
@@ -49,6 +49,27 @@ def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys
     assert {"image_auroc", "pixel_auroc", "aupro_30", "false_alarm_rate", "recall_by_defect", "f1"} <= set(m)
     assert 0 <= m["image_auroc"] <= 1 and m["n_images"] == 12
     assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
+
+
+def test_fit_writes_a_validated_onnx_export_beside_the_artifact(small_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from models.portable import PortableDetector
+    from training.export import TOLERANCE
+
+    out = tmp_path / "m.safetensors"
+    args = [a for a in FAST if a != "--no-export"]
+    assert main(["fit", str(small_data), "--out", str(out), *args]) == 0
+    onnx = tmp_path / "m.onnx"
+    assert onnx.exists()
+    det, portable = Detector.from_artifact(out, "cpu"), PortableDetector(onnx, companion=out)
+    pics = [det.read(p) for p in sorted((small_data / "test" / "scratch").iterdir())]
+    for a, b in zip(det.inspect(pics), portable.inspect(pics), strict=True):
+        assert abs(a.score - b.score) <= TOLERANCE * abs(det.calibration.threshold) and a.anomalous == b.anomalous
+    # a refit with --no-export removes the old export, which would now be stale; the next export matches
+    assert main(["fit", str(small_data), "--out", str(out), *FAST]) == 0
+    assert not onnx.exists()
+    assert main(["fit", str(small_data), "--out", str(out), *args, "--steps", "30"]) == 0
+    PortableDetector(onnx, companion=out)
 
 
 def test_evaluate_accepts_a_feedback_folder(fitted, small_data, tmp_path):
