@@ -10,7 +10,10 @@ pipeline, then scores
   product variant (a marking zone), and a burst of defective parts: images until the
   drift alarm and the burst alarm at the default threshold (1e6).
 
-    python -m bench.drift      # ~5 min on 2 cores; writes bench/results/drift.{json,md,png}
+    python -m bench.drift      # ~8 min on 2 cores; writes bench/results/drift.{json,md,png}
+
+Model scores are cached in bench/work/drift_scores.npz (per kind of stream), so a change to the
+monitor alone reruns in seconds; delete the file to refit.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def _drifted(kind: str, rng: np.random.Generator, n: int) -> list[np.ndarray]:
             img = np.roll(img, 12, axis=1)
         elif kind == "new product variant (marking zone)":
             img = marked_part(rng)
-        elif kind == "defect burst (20 % defective)":
-            if rng.random() < 0.2:
+        elif kind in ("defect burst (20 % defective)", USUAL):
+            if rng.random() < (0.02 if kind == USUAL else 0.2):
                 img = add_defect(rng, img, DEFECTS[i % len(DEFECTS)])[0]
         else:
             raise ValueError(kind)
@@ -52,8 +55,9 @@ def _drifted(kind: str, rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return out
 
 
+USUAL = "no change: defects at the usual rate (2 %, declared)"
 DRIFTS = ("darker lighting (x0.8)", "defocus blur (sigma 1.5 px)", "camera shifted (12 px)",
-          "new product variant (marking zone)", "defect burst (20 % defective)")
+          "new product variant (marking zone)", "defect burst (20 % defective)", USUAL)
 
 
 def main() -> None:
@@ -70,7 +74,6 @@ def main() -> None:
     import torch
 
     from models.config import ModelConfig
-    from models.decision import decide
     from models.drift import DriftConfig, DriftMonitor
     from models.imageio import list_images
     from models.synthetic import good_part, write_dataset
@@ -80,21 +83,33 @@ def main() -> None:
 
     torch.set_num_threads(2)
 
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(tmp, n_train=a.train, n_test_good=0, n_test_bad=0, seed=11)
-        det = fit_calibrated(list_images(data / "train" / "good"), ModelConfig(), FitConfig(),
-                             CalibrationConfig(), "cpu")
-    cal, alpha, thr = np.asarray(det.calibration.scores), det.calibration.alpha, det.calibration.threshold
-    print(f"fitted in {time.perf_counter() - t0:.0f}s; {len(cal)} calibration scores, alpha {alpha:.4f}",
-          flush=True)
+    cache = ROOT / "bench" / "work" / "drift_scores.npz"
+    key = f"train{a.train}-pool{a.pool}-drifted{a.drifted}"
+    cached = dict(np.load(cache)) if cache.exists() else {}
+    if cached.get("key") != key:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            data = write_dataset(tmp, n_train=a.train, n_test_good=0, n_test_bad=0, seed=11)
+            det = fit_calibrated(list_images(data / "train" / "good"), ModelConfig(), FitConfig(),
+                                 CalibrationConfig(), "cpu")
+        print(f"fitted in {time.perf_counter() - t0:.0f}s", flush=True)
 
-    def scores_of(images: list[np.ndarray]) -> np.ndarray:
-        return np.asarray([det.score_map(m) for i in range(0, len(images), 32)
-                           for m, _ in det.maps(images[i : i + 32])])
+        def scores_of(images: list[np.ndarray]) -> np.ndarray:
+            return np.asarray([det.score_map(m) for i in range(0, len(images), 32)
+                               for m, _ in det.maps(images[i : i + 32])])
 
-    rng = np.random.default_rng(12)
-    pool = scores_of([good_part(rng) for _ in range(a.pool)])
+        rng = np.random.default_rng(12)
+        cached = {"key": key, "cal": np.asarray(det.calibration.scores),
+                  "alpha": det.calibration.alpha, "threshold": det.calibration.threshold,
+                  "pool": scores_of([good_part(rng) for _ in range(a.pool)])}
+        for j, kind in enumerate(DRIFTS):
+            n = 5 * a.drifted if kind == USUAL else a.drifted
+            cached[kind] = scores_of(_drifted(kind, np.random.default_rng(200 + j), n))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **cached)
+    cal, alpha, thr = cached["cal"], float(cached["alpha"]), float(cached["threshold"])
+    pool = cached["pool"]
+    print(f"{len(cal)} calibration scores, alpha {alpha:.4f}", flush=True)
     print(f"scored {a.pool} new good parts; flagged {np.mean(pool > thr):.4f} (alpha {alpha:.4f})", flush=True)
 
     # clean streams: images to a false alarm at small thresholds (where alarms happen in a stream's length)
@@ -105,7 +120,7 @@ def main() -> None:
             order = np.random.default_rng(100 + k).permutation(pool)
             mon, since, n_alarms = DriftMonitor(cal, alpha, DriftConfig(threshold=threshold), k), 0, 0
             for s in order:
-                mon.observe(float(s), decide(float(s), thr))
+                mon.observe(float(s))
                 since += 1
                 if mon.drifting:
                     lengths.append(since)
@@ -121,13 +136,14 @@ def main() -> None:
 
     drifts, traces = {}, {}
     for j, kind in enumerate(DRIFTS):
-        drifted = scores_of(_drifted(kind, np.random.default_rng(200 + j), a.drifted))
+        drifted = cached[kind]
         stream = np.r_[np.random.default_rng(300 + j).permutation(pool)[: a.run_in], drifted]
-        mon = DriftMonitor(cal, alpha, DriftConfig(), seed=j)
+        cfg = DriftConfig(usual_defect_rate=0.02) if kind == USUAL else DriftConfig()
+        mon = DriftMonitor(cal, alpha, cfg, seed=j)
         first_drift = first_burst = None
         trace = []
         for i, s in enumerate(stream):
-            mon.observe(float(s), decide(float(s), thr))
+            mon.observe(float(s))
             trace.append((mon.drift_evidence, mon.burst_evidence))
             if i >= a.run_in:
                 if first_drift is None and mon.drifting:
@@ -138,7 +154,7 @@ def main() -> None:
                 print(f"{kind}: alarm during the clean run-in at image {i}", flush=True)
         drifts[kind] = {"images_to_drift_alarm": first_drift, "images_to_burst_alarm": first_burst,
                         "flagged_share_after": float(np.mean(drifted > thr)),
-                        "median_score_ratio_after": float(np.median(drifted) / thr), "n_drifted": a.drifted}
+                        "median_score_ratio_after": float(np.median(drifted) / thr), "n_drifted": len(drifted)}
         traces[kind] = trace
         print(kind, drifts[kind], flush=True)
 

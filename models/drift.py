@@ -18,10 +18,12 @@ least A images (optional stopping), and unlike a plain test martingale (Ville's 
 whole stream) it reacts as fast after a million clean images as after ten.
 
 A burst of real anomalies is a different question with its own alarm: a Bernoulli
-Shiryaev-Roberts statistic on the verdicts, betting that the flagged share is `burst_factor`
-times the usual one (alpha plus the line's usual defect rate). While the flagged share stays
-at or below the usual one, the same bound holds: at least A images between false alarms on
-average.
+Shiryaev-Roberts statistic on the events p <= alpha (online p-values, so each event has
+probability exactly alpha while nothing changed, independently of the calibration draw; the
+verdicts' fixed threshold flags a share that varies around alpha from one calibration set to
+the next), betting that their share is `burst_factor` times the usual one (alpha plus the
+line's usual defect rate). While the share stays at or below the usual one, the same bound
+holds: at least A images between false alarms on average.
 """
 
 from __future__ import annotations
@@ -112,15 +114,15 @@ class DriftMonitor:
         self.burst_sr = 0.0
         self.seen = self.seen_good = 0
 
-    def observe(self, score: float, flagged: bool) -> float:
-        """Record one inspected image (its score and whether it was judged anomalous); returns the
-        smoothed online p-value the drift statistic used."""
+    def observe(self, score: float) -> float:
+        """Record one inspected image's score; returns its smoothed online p-value."""
         if not math.isfinite(score):
             raise ValueError(f"a drift monitor observes finite scores only, got {score}")
         above, ties = self.reference.counts(score)
         p = smoothed_p_value(above, ties, len(self.reference), float(self.rng.random()))
         self.reference.add(score)
         self.seen += 1
+        flagged = p <= self.alpha
         lr = self.p1 / self.p0 if flagged else (1 - self.p1) / (1 - self.p0)
         self.burst_sr = (1 + self.burst_sr) * lr
         if p > self.alpha:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models.decision import UnsupportedAlpha, decide, score_ratio
+from models.decision import UnsupportedAlpha, score_ratio
 from models.files import ArtifactError
 from models.inspection import NonFiniteScore, at_operating_point
 from models.preprocess import Picture
@@ -159,12 +159,12 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
 
 def _observe_drift(registry, name: str, det, score: float, metrics: Metrics) -> None:
     """Feed the drift monitor of the version that scored the image (a reply from a version already
-    swapped out is not evidence about the new calibration). Flagged = anomalous at the model's own alpha."""
+    swapped out is not evidence about the new calibration)."""
     served = registry.models.get(name)
     if served is None or served.detector is not det:
         return
     mon = served.drift
-    p = mon.observe(score, decide(score, det.calibration.threshold))
+    p = mon.observe(score)
     metrics.p_values.labels(name).observe(p)
     metrics.drift_evidence.labels(name).set(max(0.0, mon.drift_evidence))
     metrics.burst_evidence.labels(name).set(max(0.0, mon.burst_evidence))

@@ -14,7 +14,7 @@ def _monitor(rng, n_cal=200, alpha=0.01, **cfg):
 def test_online_smoothed_p_values_are_uniform_on_an_exchangeable_stream():
     rng = np.random.default_rng(0)
     mon = _monitor(rng)
-    p = np.array([mon.observe(s, False) for s in rng.normal(size=6000)])
+    p = np.array([mon.observe(s) for s in rng.normal(size=6000)])
     counts = np.histogram(p, bins=10, range=(0, 1))[0]
     assert counts.min() > 480 and counts.max() < 720, counts  # 600 expected per bin, ~4 sd either side
     assert 0 < p.min() and p.max() < 1
@@ -34,7 +34,7 @@ def test_no_alarm_over_a_clean_stream_with_defects_at_their_usual_rate():
     for _ in range(5000):
         defect = rng.random() < 0.02
         score = rng.normal() + (6.0 if defect else 0.0)
-        mon.observe(score, score > 2.33)
+        mon.observe(score)
         peak_drift, peak_burst = max(peak_drift, mon.drift_evidence), max(peak_burst, mon.burst_evidence)
     assert not mon.drifting and not mon.bursting
     assert peak_drift < 6 and peak_burst < 6, (peak_drift, peak_burst)
@@ -45,11 +45,11 @@ def test_drift_alarm_soon_after_a_shift(shift, within):
     rng = np.random.default_rng(3)
     mon = _monitor(rng)
     for s in rng.normal(size=2000):
-        mon.observe(s, s > 2.33)
+        mon.observe(s)
     assert not mon.drifting
     for _ in range(within):
         s = rng.normal() + shift
-        mon.observe(s, s > 2.33)
+        mon.observe(s)
         if mon.drifting:
             break
     assert mon.drifting, f"no alarm {within} images after a {shift} sd shift (evidence {mon.drift_evidence:.1f})"
@@ -59,11 +59,11 @@ def test_burst_alarm_on_a_run_of_anomalies_and_not_the_drift_alarm():
     rng = np.random.default_rng(4)
     mon = _monitor(rng, usual_defect_rate=0.01)
     for s in rng.normal(size=1000):
-        mon.observe(s, s > 2.33)
+        mon.observe(s)
     for _ in range(400):  # a fifth of the parts now defective, good parts unchanged
         defect = rng.random() < 0.2
         s = rng.normal() + (6.0 if defect else 0.0)
-        mon.observe(s, s > 2.33)
+        mon.observe(s)
         if mon.bursting:
             break
     assert mon.bursting
@@ -88,7 +88,7 @@ def test_bad_settings_and_scores_are_refused():
     with pytest.raises(ValueError, match="defect rate"):
         DriftConfig(usual_defect_rate=1.0)
     with pytest.raises(ValueError, match="finite"):
-        _monitor(np.random.default_rng(0)).observe(float("nan"), False)
+        _monitor(np.random.default_rng(0)).observe(float("nan"))
     with pytest.raises(ValueError, match="calibration"):
         DriftMonitor(np.array([]), 0.01)
 
@@ -105,11 +105,11 @@ def test_on_generated_parts_a_clean_stream_stays_quiet_and_darker_lighting_raise
     cal = detector.calibration
     mon = DriftMonitor(np.asarray(cal.scores), cal.alpha, DriftConfig(), seed=0)
     for s in clean:
-        mon.observe(s, s > cal.threshold)
+        mon.observe(s)
     assert not mon.drifting and not mon.bursting, (mon.drift_evidence, mon.burst_evidence)
     seen = 0
     while seen < len(darker) and not (mon.drifting or mon.bursting):
-        mon.observe(darker[seen], darker[seen] > cal.threshold)
+        mon.observe(darker[seen])
         seen += 1
     print(f"after {seen} darker parts: drift evidence {mon.drift_evidence:.1f}, burst {mon.burst_evidence:.1f}")
     assert mon.drifting or mon.bursting
