@@ -112,27 +112,25 @@ def main() -> None:
     print(f"{len(cal)} calibration scores, alpha {alpha:.4f}", flush=True)
     print(f"scored {a.pool} new good parts; flagged {np.mean(pool > thr):.4f} (alpha {alpha:.4f})", flush=True)
 
-    # clean streams: images to a false alarm at small thresholds (where alarms happen in a stream's length)
+    # clean streams: false alarms of each statistic (the monitor restarts after each of its alarms)
+    def false_alarms(order: np.ndarray, threshold: float, which: str, seed: int) -> int:
+        mon, n = DriftMonitor(cal, alpha, DriftConfig(threshold=threshold), seed), 0
+        for s in order:
+            mon.observe(float(s))
+            if getattr(mon, which):
+                n += 1
+                mon = DriftMonitor(cal, alpha, DriftConfig(threshold=threshold), seed * 1000 + n)
+        return n
+
     clean = {}
     for threshold in (10.0, 100.0, 1000.0, 1e6):
-        lengths, alarms_per_stream = [], []
-        for k in range(a.streams):
-            order = np.random.default_rng(100 + k).permutation(pool)
-            mon, since, n_alarms = DriftMonitor(cal, alpha, DriftConfig(threshold=threshold), k), 0, 0
-            for s in order:
-                mon.observe(float(s))
-                since += 1
-                if mon.drifting:
-                    lengths.append(since)
-                    n_alarms += 1
-                    mon, since = DriftMonitor(cal, alpha, DriftConfig(threshold=threshold), 1000 * k + n_alarms), 0
-            alarms_per_stream.append(n_alarms)
-        clean[str(threshold)] = {"threshold": threshold, "streams": a.streams, "stream_length": a.pool,
-                                 "false_alarms": int(sum(alarms_per_stream)),
-                                 "mean_images_between_false_alarms":
-                                     a.pool * a.streams / max(1, sum(alarms_per_stream)),
-                                 "bound": threshold}
-        print(clean[str(threshold)], flush=True)
+        orders = [np.random.default_rng(100 + k).permutation(pool) for k in range(a.streams)]
+        row = {"threshold": threshold, "streams": a.streams, "stream_length": a.pool}
+        for which in ("drifting", "bursting"):
+            n = sum(false_alarms(o, threshold, which, k) for k, o in enumerate(orders))
+            row[which] = {"false_alarms": n, "images_per_false_alarm": a.pool * a.streams / n if n else None}
+        clean[str(threshold)] = row
+        print(row, flush=True)
 
     drifts, traces = {}, {}
     for j, kind in enumerate(DRIFTS):
@@ -172,13 +170,14 @@ def table(res: dict) -> str:
     out = [f"Machine: {res['machine']}; command: `python -m bench.drift`. A model fitted on generated parts "
            f"({res['n_calibration']} calibration images, alpha {res['alpha']:.4f}); new good parts were flagged at "
            f"{res['pool_flagged_share']:.4f}.\n",
-           "**Clean streams** (random orders of new good parts; the monitor restarts after each alarm):\n",
-           "| alarm threshold A (mean images between false alarms >= A) | streams x images | false alarms | "
-           "images per false alarm |", "|---|---|---|---|"]
+           "**Clean streams** (random orders of new good parts; a statistic restarts after each of its alarms):\n",
+           "| alarm threshold A (mean images between false alarms >= A) | streams x images | drift: false alarms, "
+           "images per false alarm | burst: false alarms, images per false alarm |", "|---|---|---|---|"]
     for c in res["clean"].values():
-        out.append(f"| {c['threshold']:g} | {c['streams']} x {c['stream_length']} | {c['false_alarms']} | "
-                   + (f"{c['mean_images_between_false_alarms']:.0f}" if c["false_alarms"] else
-                      f"> {c['streams'] * c['stream_length']} (none)") + " |")
+        cells = [f"{c[w]['false_alarms']}, " + (f"{c[w]['images_per_false_alarm']:.0f}" if c[w]["false_alarms"]
+                                                else f"> {c['streams'] * c['stream_length']}")
+                 for w in ("drifting", "bursting")]
+        out.append(f"| {c['threshold']:g} | {c['streams']} x {c['stream_length']} | {cells[0]} | {cells[1]} |")
     out += [f"\n**Drifts** after {res['run_in']} clean images, default threshold A = "
             f"{res['threshold_default']:g}:\n",
             "| drift | share of drifted parts flagged | median score / threshold | images to the drift alarm | "
