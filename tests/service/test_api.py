@@ -238,13 +238,17 @@ def test_drift_and_burst_evidence_are_exported_and_reset_on_reload(make_client, 
     """Every inspection feeds the p-value histogram; a run of anomalies raises the burst evidence past the
     alarm level and not the drift evidence; a reload (new calibration) starts both from zero."""
     hdr, auth = {"content-type": "image/png"}, {"authorization": "Bearer k"}
+    # four different defective parts, each scoring above all before it, so each online p-value is <= alpha
+    # (an identical image sent twice would rank as a tie with itself, as online conformal p-values must)
+    bad = sorted((part_png(300 + i, defect="spot") for i in range(4)),
+                 key=lambda b: detector.inspect([detector.decode(b)])[0].score)
     with make_client(api_key="k", drift_threshold=100.0) as c:
         assert metric(c, "sae_inspect_drift_alarm_level") == 2.0
         for _ in range(3):
             assert c.post("/v1/models/parts/inspect", content=GOOD, headers=hdr).json()["verdict"] == "good"
         assert metric(c, "sae_inspect_p_value_count", model="parts") == 3
-        for _ in range(4):
-            assert c.post("/v1/models/parts/inspect", content=BAD, headers=hdr).json()["verdict"] == "anomalous"
+        for b in bad:
+            assert c.post("/v1/models/parts/inspect", content=b, headers=hdr).json()["verdict"] == "anomalous"
         assert metric(c, "sae_inspect_p_value_count", model="parts") == 7
         assert metric(c, "sae_inspect_burst_evidence", model="parts") >= 2.0  # at the alarm level
         assert metric(c, "sae_inspect_drift_evidence", model="parts") < 2.0  # defects are not drift
