@@ -27,6 +27,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MAX_PENDING_WRITES = 64
+MAX_PENDING_BYTES = 64 * 2**20
+"""Uploads waiting for the disk, at most: beyond either bound a copy is dropped (counted), so a slow disk
+costs at most this much memory."""
 _ID_RE = re.compile(r"^[0-9a-f]{32}(\.[0-9]{1,3})?$")
 _SIGNATURES = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"BM", ".bmp"), (b"II*\x00", ".tif"),
                (b"MM\x00*", ".tif"), (b"GIF8", ".gif"), (b"RIFF", ".webp"))
@@ -68,7 +71,7 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()  # oldest first
         self._bytes = 0
-        self._pending = 0
+        self._pending = self._pending_bytes = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="feedback-ring")
         self._scan()
 
@@ -91,10 +94,12 @@ class FeedbackStore:
     def keep(self, model: str, image_id: str, data: bytes, record: dict) -> None:
         """Queue a copy of an inspected upload; never blocks, never raises."""
         with self._lock:
-            if self._pending >= MAX_PENDING_WRITES or len(data) > self.max_bytes:
+            if (self._pending >= MAX_PENDING_WRITES or self._pending_bytes + len(data) > MAX_PENDING_BYTES
+                    or len(data) > self.max_bytes):
                 self._on_write("dropped")
                 return
             self._pending += 1
+            self._pending_bytes += len(data)
         self._pool.submit(self._write, model, image_id, data, record)
 
     def _write(self, model: str, image_id: str, data: bytes, record: dict) -> None:
@@ -118,6 +123,7 @@ class FeedbackStore:
         finally:
             with self._lock:
                 self._pending -= 1
+                self._pending_bytes -= len(data)
 
     def _evict(self, now: float) -> None:
         while True:

@@ -122,12 +122,15 @@ class ModelRegistry:
             if len(paths) > 1:
                 for p in paths:
                     if p.suffix != preferred:
-                        ignored[p.name] = f"the {preferred} file of the same name is served " \
-                                          "(SAE_INSPECT_PREFER_RUNTIME)"
+                        ignored[p.name] = (f"its ONNX export {p.stem}{ONNX_SUFFIX} serves "
+                                           "(SAE_INSPECT_PREFER_RUNTIME); this artifact explains and vouches for it"
+                                           ) if p.suffix == SUFFIX else f"{p.stem}{SUFFIX} serves " \
+                                                                        "(SAE_INSPECT_PREFER_RUNTIME)"
                 if preferred == ONNX_SUFFIX:
                     self.companions[stem] = next(p for p in paths if p.suffix == SUFFIX)
         for fname in ignored.keys() - self.ignored.keys():
-            log.warning("models folder: not serving %r: %s", fname, ignored[fname])
+            (log.info if "SAE_INSPECT_PREFER_RUNTIME" in ignored[fname] else log.warning)(
+                "models folder: not serving %r: %s", fname, ignored[fname])
         served = {p.stem: p for p in found if p.name not in ignored}
         # a stale export is loaded, found stale and replaced by its artifact at each change of either file
         self.ignored = {**ignored, **{n: r for n, r in self.stale.items() if n in {p.name for p in found}}}

@@ -103,3 +103,22 @@ def test_a_failing_disk_loses_the_copy_never_the_inspection(tmp_path):
     store.keep("m", "a" * 32, b"\x89PNG", {})
     store.close()
     assert outcomes == ["failed"]
+
+
+def test_a_slow_disk_drops_copies_beyond_the_pending_bound(tmp_path, monkeypatch):
+    """While the disk stalls, at most MAX_PENDING_BYTES of uploads wait in memory; the rest are dropped."""
+    import threading
+
+    from service.feedback import MAX_PENDING_BYTES
+
+    gate, outcomes = threading.Event(), []
+    store = FeedbackStore(tmp_path, max_bytes=1 << 30, max_age_s=60, on_write=outcomes.append)
+    write = store._write
+    monkeypatch.setattr(store, "_write", lambda *a: (gate.wait(10), write(*a)))
+    big = b"\x89PNG" + bytes(MAX_PENDING_BYTES // 3 - 100)
+    for i in range(5):
+        store.keep("m", f"{i:032x}", big, {})  # returns at once, whatever the disk does
+    assert outcomes == ["dropped", "dropped"]
+    gate.set()
+    store.close()
+    assert outcomes.count("kept") == 3
