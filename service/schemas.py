@@ -28,7 +28,8 @@ class Heatmap(BaseModel):
     format: Literal["png", "raw"]
     width: int
     height: int
-    data: str = Field(description="base64: a PNG colour overlay, or little-endian float32 row-major map values")
+    data: str = Field(description="base64: an RGBA PNG overlay (transparent well below the pixel threshold), "
+                      "or little-endian float32 row-major map values")
     pixel_threshold: float
 
 
