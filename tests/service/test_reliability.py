@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -85,21 +86,33 @@ def test_bad_artifacts_under_load_keep_the_old_model_serving(models_dir, artifac
 
 
 def test_sigterm_drains_in_flight_requests_and_restart_is_ready(models_dir, detector):
+    """Eight requests are held inside the server (each has sent half its body) when SIGTERM arrives: all of
+    them complete with 200, then the process exits. Holding them is what makes this deterministic: with
+    bodies sent at once, fast inference could finish some before the others were in."""
     results: list[int] = []
+    release = threading.Event()
+
+    def body():
+        yield GOOD[: len(GOOD) // 2]
+        release.wait(60)
+        yield GOOD[len(GOOD) // 2 :]
+
     with server_process(models_dir, SAE_INSPECT_MAX_BATCH_SIZE="2") as (url, proc):
         def one() -> None:
             try:
                 with httpx.Client(base_url=url, timeout=60) as c:
-                    results.append(c.post("/v1/models/parts/inspect", content=GOOD, headers=HDR).status_code)
+                    results.append(c.post("/v1/models/parts/inspect", content=body(), headers=HDR).status_code)
             except httpx.HTTPError:
                 results.append(0)
 
         threads = [threading.Thread(target=one) for _ in range(8)]
         for t in threads:
             t.start()
-        # every request is inside the server before the signal (8 inspections + this scrape), or the test fails
+        # every request is inside the server before the signal (8 inspections + this scrape)
         wait_until(lambda: inflight(url) >= 9, timeout_s=30, poll_s=0.01)
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the server is shutting down while the bodies are still arriving
+        release.set()
         for t in threads:
             t.join(60)
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown completes
