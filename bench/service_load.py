@@ -7,13 +7,16 @@ Starts `sae-inspect-serve` on a free port with a copy of the artifact, then for 
 concurrency (1, 8, 32) runs closed-loop asyncio clients for `--seconds`, and records
 throughput and latency percentiles. The bare forward throughput (Detector.inspect in
 this process, batch 1 and batch 8, same images) is the ceiling the service approaches.
-Writes bench/results/service_load.json and .md.
+With `<model>.onnx` beside the artifact (a fit writes it) and onnxruntime installed, the service
+serves the export on CPU (its default) and the bare figure is the export's: results go to
+bench/results/service_load_onnxruntime.json and .md; otherwise to service_load.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -33,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_throughput(model: Path, images: list[Path], seconds: float, device: str) -> dict[str, float]:
-    from models.detector import Detector
+    from models.portable import load_scorer
 
-    det = Detector.from_artifact(model, device)
+    det = load_scorer(model, device)
     decoded = [det.read(p) for p in images[:64]]
     out = {}
     for bs in (1, 8):
@@ -56,13 +59,19 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     a = p.parse_args()
+    # the service's default: the export beside the artifact serves on CPU when onnxruntime is installed
+    export = a.model.with_suffix(".onnx")
+    served = export if export.exists() and a.device == "cpu" and importlib.util.find_spec("onnxruntime") else a.model
+    runtime = "onnxruntime" if served.suffix == ".onnx" else "pytorch"
     images = sorted(x for x in a.images.rglob("*") if x.suffix.lower() in (".png", ".jpg", ".jpeg"))[:200]
     payloads = [x.read_bytes() for x in images]
     print("bare model throughput...", flush=True)
-    bare = bare_throughput(a.model, images, a.seconds / 2, a.device)
+    bare = bare_throughput(served, images, a.seconds / 2, a.device)
     print(bare, flush=True)
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(a.model, Path(d) / "bench.safetensors")
+        if served != a.model:
+            shutil.copy(served, Path(d) / "bench.onnx")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -90,13 +99,15 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    result = {"machine": machine(), "model": a.model.name, "images": str(a.images), **bare, "rows": rows}
+    result = {"machine": machine(), "model": a.model.name, "runtime": runtime, "images": str(a.images), **bare,
+              "rows": rows}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "service_load.json").write_text(json.dumps(result, indent=2))
-    lines = [f"Machine: {machine()}; images: `{a.images}`; {a.seconds:g} s per row; command: "
-             f"`python -m bench.service_load --model {a.model} --images {a.images}`", "",
-             f"Bare model (no HTTP): {bare['bare_images_per_s_batch1']:.1f} images/s at batch 1, "
+    name = "service_load" if runtime == "pytorch" else f"service_load_{runtime}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"Machine: {machine()}; images: `{a.images}`; {a.seconds:g} s per row; runtime served: {runtime} "
+             f"({served.name}); command: `python -m bench.service_load --model {a.model} --images {a.images}`", "",
+             f"Bare model (no HTTP, same runtime): {bare['bare_images_per_s_batch1']:.1f} images/s at batch 1, "
              f"{bare['bare_images_per_s_batch8']:.1f} images/s at batch 8.", "",
              "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms |",
              "|---|---|---|---|---|---|---|"]
@@ -104,7 +115,7 @@ def main() -> None:
         other = {k: v for k, v in r["status_counts"].items() if k != 200}
         lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other or '-'} | "
                      f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
-    (out / "service_load.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
