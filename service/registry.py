@@ -86,16 +86,22 @@ class ModelRegistry:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.models: dict[str, Served] = {}
         self.failures: dict[str, LoadFailure] = {}
-        self.ignored: dict[str, str] = {}
-        """Artifact files in the folder that will not be served, by file name, and why."""
+        self._ignored: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._failed_stamps: dict[str, tuple] = {}
         self.companions: dict[str, Path] = {}
         """name -> the .safetensors beside a served .onnx (explanations, and the staleness check)."""
+        self.preferred = self._preferred_suffix()
+        """The file that serves a model with both (fixed for the process: settings and installed runtimes)."""
         self.stale: dict[str, str] = {}
         """ONNX files found to be exported from another version of the artifact beside them, and why."""
 
-    def preferred_suffix(self) -> str:
+    @property
+    def ignored(self) -> dict[str, str]:
+        """Files in the models folder that are not served, by file name, and why."""
+        return {**self._ignored, **self.stale}
+
+    def _preferred_suffix(self) -> str:
         """The file that serves a model with both: SAE_INSPECT_PREFER_RUNTIME, where ``auto`` takes the ONNX
         export on CPU when onnxruntime is installed (bench/results/cost.md: faster than PyTorch eager there)."""
         pref = self.settings.prefer_runtime
@@ -106,13 +112,13 @@ class ModelRegistry:
 
     def artifact_files(self) -> dict[str, Path]:
         """Servable artifacts (.safetensors, or exported .onnx) by model name; unservable ones are logged
-        once and listed in `ignored`. With both files for one name, `preferred_suffix` picks; an ONNX
+        once and listed in `ignored`. With both files for one name, `preferred` picks; an ONNX
         file chosen that way explains through (and is checked against) the .safetensors beside it."""
         d = self.settings.models_dir
         found = sorted(p for suffix in (SUFFIX, ONNX_SUFFIX) for p in d.glob(f"*{suffix}") if p.is_file()) \
             if d.is_dir() else []
         ignored = {p.name: NAME_RULE for p in found if not valid_name(p.stem)}
-        preferred = self.preferred_suffix()
+        preferred = self.preferred
         stems = {}
         for p in found:
             if p.name not in ignored:
@@ -122,19 +128,18 @@ class ModelRegistry:
             if len(paths) > 1:
                 for p in paths:
                     if p.suffix != preferred:
-                        ignored[p.name] = (f"its ONNX export {p.stem}{ONNX_SUFFIX} serves "
-                                           "(SAE_INSPECT_PREFER_RUNTIME); this artifact explains and vouches for it"
-                                           ) if p.suffix == SUFFIX else f"{p.stem}{SUFFIX} serves " \
-                                                                        "(SAE_INSPECT_PREFER_RUNTIME)"
+                        ignored[p.name] = f"{stem}{preferred} serves (SAE_INSPECT_PREFER_RUNTIME)" + (
+                            "; this artifact explains and vouches for it" if p.suffix == SUFFIX else "")
                 if preferred == ONNX_SUFFIX:
                     self.companions[stem] = next(p for p in paths if p.suffix == SUFFIX)
-        for fname in ignored.keys() - self.ignored.keys():
+        for fname in ignored.keys() - self._ignored.keys():
             (log.info if "SAE_INSPECT_PREFER_RUNTIME" in ignored[fname] else log.warning)(
                 "models folder: not serving %r: %s", fname, ignored[fname])
-        served = {p.stem: p for p in found if p.name not in ignored}
-        # a stale export is loaded, found stale and replaced by its artifact at each change of either file
-        self.ignored = {**ignored, **{n: r for n, r in self.stale.items() if n in {p.name for p in found}}}
-        return served
+        self._ignored = ignored
+        # a stale export stays listed while its file exists; it is re-checked at each change of either file
+        present = {p.name for p in found}
+        self.stale = {n: r for n, r in self.stale.items() if n in present}
+        return {p.stem: p for p in found if p.name not in ignored}
 
     @property
     def ready(self) -> bool:
@@ -147,8 +152,14 @@ class ModelRegistry:
         """Change marker of a model's files: the served file and, for an ONNX export, the artifact beside it
         and the export under the same name (a new artifact makes a served export stale, a new export may
         make a stale one current)."""
-        paths = [path, path.with_suffix(SUFFIX), path.with_suffix(ONNX_SUFFIX)]
-        return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in paths)
+        def mark(p: Path) -> tuple[int, int] | None:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                return None
+            return st.st_mtime_ns, st.st_size
+
+        return tuple(mark(p) for p in (path, path.with_suffix(SUFFIX), path.with_suffix(ONNX_SUFFIX)))
 
     def _load_and_warm(self, path: Path) -> Scorer:
         companion = self.companions.get(path.stem) if path.suffix == ONNX_SUFFIX else None
@@ -156,11 +167,10 @@ class ModelRegistry:
             det = load_scorer(path, self.settings.device, companion=companion)
         except StaleExport as e:  # serve the artifact itself; the export is listed as not served, and why
             log.warning("model %s: %s; serving %s with PyTorch", path.stem, e, companion.name)
-            self.stale[path.name] = self.ignored[path.name] = str(e)
+            self.stale[path.name] = str(e)
             det = load_scorer(companion, self.settings.device)
         else:
             self.stale.pop(path.name, None)
-            self.ignored.pop(path.name, None)
         if det.calibration is None:
             raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
         det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs

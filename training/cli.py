@@ -123,20 +123,14 @@ def _export_beside(det: Detector, out: Path, paths: list[Path]) -> None:
     faster runtime by default. Without ONNX support, or when validation fails, no export is left there
     (an older one would be stale); the artifact alone is complete."""
     onnx_out = out.with_suffix(".onnx")
-    try:
-        import onnxruntime  # noqa: F401
-
-        from training.export import export_onnx
-    except ImportError as e:
-        onnx_out.unlink(missing_ok=True)
-        log.warning("no ONNX export written (%s is not installed; pip install 'sae-inspect[export]'): %s is "
-                    "served with PyTorch", e.name, out.name)
-        return
     t0 = time.perf_counter()
-    step = max(1, len(paths) // 16)
     try:
-        summary = export_onnx(det, out, onnx_out, paths[::step][:16])
-    except ImportError as e:  # onnx / onnxscript (the exporter's) missing
+        import onnxruntime  # noqa: F401 - the service needs it to serve the export
+
+        from training.export import export_onnx, validation_sample
+
+        summary = export_onnx(det, out, onnx_out, validation_sample(paths, 16))
+    except ImportError as e:  # onnxruntime, or the exporter's onnx / onnxscript
         onnx_out.unlink(missing_ok=True)
         log.warning("no ONNX export written (%s is not installed; pip install 'sae-inspect[export]'): %s is "
                     "served with PyTorch", e.name, out.name)
@@ -186,12 +180,11 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> None:
     from training.data import good_images
-    from training.export import TOLERANCE, export_onnx
+    from training.export import TOLERANCE, export_onnx, validation_sample
 
     det = Detector.from_artifact(a.model, "cpu")
-    images = good_images(a.images)
-    step = max(1, len(images) // 64)
-    summary = export_onnx(det, Path(a.model), Path(a.out), images[::step][:64], a.tolerance or TOLERANCE)
+    summary = export_onnx(det, Path(a.model), Path(a.out), validation_sample(good_images(a.images), 64),
+                          a.tolerance or TOLERANCE)
     log.info("wrote %s (%.1f MB): scores of %d images match PyTorch within %.1e x the score scale (worst %s)",
              a.out, summary["bytes"] / 2**20, summary["images"], summary["max_score_gap_over_scale"],
              summary["worst_image"])

@@ -54,6 +54,11 @@ def onnx_bytes(det: Detector) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+def validation_sample(paths: Sequence[Path], n: int) -> list[Path]:
+    """At most `n` images spread evenly over `paths`, to validate an export on."""
+    return list(paths[:: max(1, len(paths) // n)][:n])
+
+
 def export_onnx(det: Detector, artifact: Path, out: Path, images: Sequence[Path],
                 tolerance: float = TOLERANCE) -> dict:
     """Export, validate on `images` with both runtimes, write `out`; -> validation summary."""
