@@ -69,6 +69,38 @@ def static_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     return model
 
 
+def cap_coreset(seconds: float) -> dict:
+    """Make anomalib's k-center greedy coreset finish on 2 CPU cores: the same greedy (same projection,
+    same random start, same farthest-point rule), with the distance update computed as
+    ||x||^2 - 2 x.c + ||c||^2 from precomputed norms (one matrix-vector product instead of a full
+    difference tensor; minimum and argmax are unchanged up to float rounding), stopped after `seconds`.
+    The returned dict says how many centres were chosen of how many asked for."""
+    from anomalib.models.components.sampling import k_center_greedy as kcg
+
+    info: dict = {"coreset_time_cap_s": seconds}
+
+    def select(self) -> list[int]:
+        self.model.fit(self.embedding)
+        feats = self.model.transform(self.embedding).float()
+        sq = (feats * feats).sum(1)
+        idx = int(torch.randint(high=self.n_observations, size=(1,)).item())
+        chosen = [idx]
+        best = torch.full_like(sq, float("inf"))
+        t0 = time.perf_counter()
+        while len(chosen) < self.coreset_size and time.perf_counter() - t0 < seconds:
+            c = feats[idx]
+            best = torch.minimum(best, (sq - 2 * (feats @ c) + sq[idx]).clamp_min_(0))
+            best[idx] = 0.0
+            idx = int(torch.argmax(best).item())
+            chosen.append(idx)
+        info.update(coreset_asked=int(self.coreset_size), coreset_chosen=len(chosen),
+                    coreset_seconds=time.perf_counter() - t0, n_patches=int(self.n_observations))
+        return chosen
+
+    kcg.KCenterGreedy.select_coreset_idxs = select
+    return info
+
+
 class Samples(AnomalibDataset):
     def __init__(self, rows: list[dict], task: str) -> None:
         super().__init__()
@@ -99,6 +131,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--train", type=Path, help="folder of good training images (default data/train/good)")
     p.add_argument("--coreset", type=float, default=0.01)
+    p.add_argument("--coreset-seconds", type=float, default=0.0,
+                   help="time cap of the coreset greedy (0: anomalib's own loop, uncapped)")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--no-eval", action="store_true")
     a = p.parse_args()
@@ -108,6 +142,7 @@ def main() -> None:
                                           Normalize(mean=[0.5] * 3, std=[0.5] * 3)]))
     backbone = static_padding(build_lite_classifier("efficientnet_lite0"), SIZE)
     common = {"pre_processor": pre, "post_processor": False, "evaluator": False, "visualizer": False}
+    capped = cap_coreset(a.coreset_seconds) if a.method == "patchcore" and a.coreset_seconds > 0 else {}
     if a.method == "patchcore":
         model = Patchcore(backbone=backbone, layers=LAYERS, coreset_sampling_ratio=a.coreset, **common)
     else:
@@ -123,6 +158,7 @@ def main() -> None:
     row = {"fit_seconds": fit_s, "n_train_images": len(train_ds), "model_bytes": model_bytes}
     if a.method == "patchcore":
         row["memory_bank_patches"] = int(model.model.memory_bank.shape[0])
+        row.update(capped)
     if not a.no_eval:
         test_loader = DataLoader(test_ds, batch_size=16, shuffle=False, num_workers=0, collate_fn=test_ds.collate_fn)
         preds = engine.predict(model=model, dataloaders=test_loader, return_predictions=True)

@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--min-calib", type=int, default=c.min_count,
                    help=f"at least this many calibration images (default {c.min_count})")
     f.add_argument("--calib-groups", default=c.groups,
-                   help="how images group into physical parts, so calibration covers new parts: none, folder, "
-                        "pattern:REGEX (first match in the file name) or file:PATH (CSV 'name,group') "
+                   help="how images group into physical parts, so calibration covers new parts: runs:K (K "
+                        "consecutive file names per folder), none, folder, pattern:REGEX (first match in the "
+                        "file name) or file:PATH (CSV 'name,group') "
                         f"(default {c.groups})")
     f.add_argument("--select-count", type=int, default=c.select_count,
                    help=f"good images held out to choose the scoring (default {c.select_count})")

@@ -19,7 +19,7 @@ def test_reservoir_is_bounded_and_uniform():
 
 def test_split_is_seeded_disjoint_and_respects_minimum(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(100)]
-    cfg = CalibrationConfig(fraction=0.2, min_count=30, seed=3, select_count=12)
+    cfg = CalibrationConfig(fraction=0.2, min_count=30, seed=3, select_count=12, groups="none")
     fit, sel, cal, n_groups = split_images(paths, cfg)
     assert (len(cal), len(sel), len(fit), n_groups) == (30, 12, 58, 100)
     assert not set(fit) & set(cal) and not set(fit) & set(sel) and not set(sel) & set(cal)
@@ -49,6 +49,20 @@ def test_split_keeps_each_part_in_one_split(tmp_path):
         split_images(paths, CalibrationConfig(groups="pattern:^p"))
     with pytest.raises(ValueError, match="groups must be"):
         CalibrationConfig(groups="camera")
+
+
+def test_default_split_keeps_runs_of_consecutive_shots_together(tmp_path):
+    """The default groups runs of 8 consecutive file names per folder (shots of one part taken one after
+    another); a small set gets shorter runs (at most 1/12 of its images) so every split still gets parts."""
+    paths = [tmp_path / f"img_{i:03d}.png" for i in range(240)]
+    split = split_images(paths, CalibrationConfig(select_count=24))
+    run = {name: {int(q.stem[4:]) // 8 for q in getattr(split, name)} for name in ("fit", "select", "calibrate")}
+    assert split.n_groups == 30 and len(split.calibrate) == 48 and len(split.select) == 24
+    assert not run["fit"] & run["calibrate"] and not run["fit"] & run["select"] and not run["select"] & run["calibrate"]
+    small = split_images(paths[:36], CalibrationConfig(select_count=4))
+    assert small.n_groups == 12 and small.fit and small.select and small.calibrate
+    with pytest.raises(ValueError, match="runs:K"):
+        CalibrationConfig(groups="runs:x")
 
 
 def test_false_alarm_rate_on_generated_good_parts_stays_near_alpha(detector, tmp_path):

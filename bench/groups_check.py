@@ -1,0 +1,77 @@
+"""Do good images come in groups of consecutive shots? Evidence for the default ``runs:8`` split.
+
+For the first 120 train/good images (file-name order) and the first 25 test/good images of each
+shared category: backbone features of the first canvas (the default geometry), standardised per
+dimension; for each training image its nearest other training image (mean squared distance). Reports
+the share whose nearest neighbour sits within two places in file order (chance: about 4 / 120) and the
+median nearest-neighbour distance of training images against that of test/good images (new parts) to
+the training images. A high share and a test distance well above the training one mean that a random
+draw of single images puts shots of one part on both sides of a split.
+
+    python -m bench.groups_check          # -> bench/results/groups_check.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench.fit_eval import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+OUT = ROOT / "bench" / "results"
+
+
+def check(data: Path, n_train: int = 120, n_test: int = 25) -> dict:
+    import torch
+
+    from models.config import ModelConfig
+    from models.detector import shared_backbone
+    from models.features import extract_features
+    from models.preprocess import make_canvases
+    from training.data import iter_images, list_images
+
+    torch.set_num_threads(2)
+    cfg = ModelConfig()
+    bb = shared_backbone(cfg.backbone.name, cfg.backbone.stages, None, "cpu")
+    train = list_images(data / "train" / "good")[:n_train]
+    test = list_images(data / "test" / "good")[:n_test]
+    feats = []
+    for _, img in iter_images(train + test, cfg.preprocess):
+        canvases, _ = make_canvases(img, cfg.preprocess)
+        feats.append(extract_features(bb, canvases[:1], cfg.backbone.mean, cfg.backbone.std, cfg.scoring.pool,
+                                      "cpu")[0].numpy().ravel())
+    v = np.stack(feats)
+    v = (v - v.mean(0)) / (v.std(0) + 1e-6)
+    n = len(train)
+    sq = (v**2).sum(1)
+    d = (sq[:, None] + sq[None] - 2 * v @ v.T) / v.shape[1]
+    np.fill_diagonal(d, np.inf)
+    nn = d[:n, :n].argmin(1)
+    return {"dataset": data.name, "n_train": n, "n_test": len(test),
+            "nn_within_2": float(np.mean(np.abs(nn - np.arange(n)) <= 2)),
+            "median_nn_train": float(np.median(d[:n, :n].min(1))),
+            "median_nn_test_to_train": float(np.median(d[n:, :n].min(1)))}
+
+
+def main() -> None:
+    rows = [check(d) for d in sorted(DATASETS.iterdir()) if (d / "train" / "good").is_dir()]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "groups_check.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    lines = [f"Machine: {machine()}; command: `python -m bench.groups_check`. First 120 train/good and 25 "
+             "test/good images per category, backbone features of the default geometry.", "",
+             "| category | nearest neighbour within 2 places in file order | median NN distance, train | "
+             "median NN distance, test/good to train | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["median_nn_test_to_train"] / r["median_nn_train"]
+        lines.append(f"| {r['dataset']} | {r['nn_within_2']:.2f} | {r['median_nn_train']:.3f} | "
+                     f"{r['median_nn_test_to_train']:.3f} | {ratio:.2f} |")
+    (OUT / "groups_check.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
