@@ -91,6 +91,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
         fit_s = time.perf_counter() - t0
         det.save(model)
         rows[key] = {"dataset": name, "method": DEFAULT, "fit_seconds": fit_s, "n_train_images": len(paths),
+                     "fit_profile_s": det.meta.get("fit_profile_s"), "n_groups": det.meta.get("n_groups"),
                      "model_bytes": model.stat().st_size, "chosen": det.config.scoring.normalize,
                      "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
                      "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),

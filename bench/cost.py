@@ -8,13 +8,18 @@ saved as PNG) and batch 1 and 8, each round times, one after the other:
   maps      Detector.maps on decoded pictures;
   inspect   Detector.inspect on decoded pictures;
   file      decode + Detector.inspect from PNG bytes;
-  http      the service (a server process) at concurrency 1 (batch-1 rows) and 8 (batch-8 rows);
+  http      the service (a server process, the model and its export side by side as a fit leaves them,
+            so it serves its default runtime: ONNX Runtime on CPU) at concurrency 1 (batch-1 rows) and
+            8 (batch-8 rows);
   onnx      PortableDetector.inspect (the exported model in ONNX Runtime) on decoded pictures;
   openvino  the same ONNX file compiled by OpenVINO (f32), canvases to maps only (when installed).
 The median over rounds is reported as images/s and as a ratio to `bare` of the same size and
 batch. A torch.profiler breakdown of Detector.canvas_pass (900 px, batch 8) gives each stage's
-share. Writes bench/results/cost.{json,md}. Run it on a quiet machine: ratios taken under load
-swing by a factor of two.
+share. Fit time: each shared set's fit from bench/results/accuracy.json (ours: `fit_calibrated`
+and its phases; anomalib PaDiM and PatchCore: `Engine.fit`), plus the time of the export a fit
+writes beside the artifact, measured here on each bench/work/accuracy_<set>.safetensors (the
+same call and 16 validation images as `sae-inspect fit`). Writes bench/results/cost.{json,md}.
+Run it on a quiet machine: ratios taken under load swing by a factor of two.
 """
 
 from __future__ import annotations
@@ -80,6 +85,67 @@ def profile(det: Detector, canvases: np.ndarray) -> dict[str, float]:
     return {f"{k}_ms": totals.get(k, 0.0) for k in stages}
 
 
+def export_times(model: Path) -> dict[str, float]:
+    """Seconds of the validated export (`sae-inspect fit`'s own call) of `model` and of every
+    bench/work/accuracy_<set>.safetensors; each export is written beside its artifact."""
+    from training.data import good_images
+    from training.export import export_onnx, validation_sample
+
+    out = {}
+    models = {model.stem: model, **{m.stem.removeprefix("accuracy_"): m
+                                    for m in sorted((ROOT / "bench" / "work").glob("accuracy_*.safetensors"))}}
+    for name, path in models.items():
+        det = Detector.from_artifact(path, "cpu")
+        data = ROOT.parent / "shared" / "datasets" / name
+        images = good_images([data]) if data.is_dir() else None
+        with tempfile.TemporaryDirectory() as d:
+            if images is None:  # not a shared set: generated parts validate it
+                images = []
+                for i, blob in enumerate(images_of(SIZES["900x900 part"])):
+                    images.append(Path(d) / f"{i}.png")
+                    images[-1].write_bytes(blob)
+            t0 = time.perf_counter()
+            export_onnx(det, path, path.with_suffix(".onnx"), validation_sample(images, 16))
+            out[name] = time.perf_counter() - t0
+        print(f"export {path.name}: {out[name]:.1f} s", flush=True)
+    return out
+
+
+def fit_rows(exports: dict[str, float]) -> list[dict]:
+    """Per shared set: our fit (and its phases) beside anomalib PaDiM's and PatchCore's, from accuracy.json."""
+    res = ROOT / "bench" / "results" / "accuracy.json"
+    if not res.is_file():
+        return []
+    rows = json.loads(res.read_text())["rows"]
+    out = []
+    for ds in sorted({r["dataset"] for r in rows.values()}):
+        got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
+        ours = got.get("SAE Inspect (default)", {})
+        padim = got.get("anomalib PaDiM", {})
+        patchcore = next((r for m, r in got.items() if m.startswith("anomalib PatchCore")), {})
+        out.append({"dataset": ds, "ours_fit_s": ours.get("fit_seconds"), "profile_s": ours.get("fit_profile_s"),
+                    "export_s": exports.get(ds), "padim_fit_s": padim.get("fit_seconds"),
+                    "patchcore_fit_s": patchcore.get("fit_seconds"), "n_train_images": ours.get("n_train_images")})
+    return out
+
+
+def fit_table(rows: list[dict]) -> list[str]:
+    def f(v: float | None, fmt: str = ".0f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["Fit time per shared set (seconds, 2 cores; ours from `python -m bench.accuracy`, the export "
+             "timed here):", "",
+             "| set | train images | ours: fit | ours: + export | PaDiM fit | ours (with export) / PaDiM | "
+             "PatchCore fit | where our fit goes |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours, exp, padim = r["ours_fit_s"], r["export_s"], r["padim_fit_s"]
+        ratio = None if None in (ours, padim) else (ours + (exp or 0.0)) / padim
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in (r["profile_s"] or {}).items()) or "-"
+        lines.append(f"| {r['dataset']} | {f(r['n_train_images'])} | {f(ours)} | {f(exp)} | {f(padim)} | "
+                     f"{f(ratio, '.1f')} | {f(r['patchcore_fit_s'])} | {phases} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", type=Path, default=ROOT / "bench" / "work" / "accuracy_magnetic_tile.safetensors")
@@ -109,16 +175,8 @@ def main() -> None:
         "inspect": lambda name, bs: len(det.inspect(pictures[name][:bs])),
         "file": lambda name, bs: len(det.inspect([det.decode(b) for b in data[name][:bs]])),
     }
+    exports = export_times(a.model)
     onnx_file = a.model.with_suffix(".onnx")
-    if not onnx_file.is_file() or onnx_file.stat().st_mtime < a.model.stat().st_mtime:
-        from training.export import export_onnx
-
-        print(f"exporting {onnx_file}...", flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            checks = [Path(d) / f"{i}.png" for i in range(len(data["900x900 part"]))]
-            for path, blob in zip(checks, data["900x900 part"], strict=True):
-                path.write_bytes(blob)
-            export_onnx(det, a.model, onnx_file, checks)
     portable = PortableDetector(onnx_file)
     stages["onnx"] = lambda name, bs: len(portable.inspect(pictures[name][:bs]))
     try:
@@ -132,6 +190,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(a.model, Path(d) / "line.safetensors")
+        shutil.copy(onnx_file, Path(d) / "line.onnx")  # beside it, as a fit leaves it: the default runtime
         with server_process(Path(d), SAE_INSPECT_DEVICE=a.device, SAE_INSPECT_QUEUE_SIZE="256") as (url, _):
             for r in range(a.rounds):
                 for name in SIZES:
@@ -152,15 +211,17 @@ def main() -> None:
     torch.set_num_threads(cores)
     result = {"machine": machine(), "model": a.model.name, "threads": torch.get_num_threads(),
               "rounds": a.rounds, "seconds": a.seconds, "median_images_per_s": med, "samples": samples,
-              "canvas_pass_ms_batch8_900px": breakdown, "inspect_batch8_900px_by_threads": threads}
+              "canvas_pass_ms_batch8_900px": breakdown, "inspect_batch8_900px_by_threads": threads,
+              "export_seconds": exports, "fit": fit_rows(exports)}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "cost.json").write_text(json.dumps(result, indent=2))
     lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; model `{a.model.name}`; median of "
              f"{a.rounds} interleaved rounds of {a.seconds:g} s per cell; command: `python -m bench.cost --model "
              f"{a.model}`", "",
-             "images/s (ratio to the bare backbone forward of the same size and batch); http = the service at "
-             "concurrency 1 (batch 1 rows) or 8 (batch 8 rows)", "",
+             "images/s (ratio to the bare PyTorch backbone forward of the same size and batch); http = the "
+             "service at concurrency 1 (batch 1 rows) or 8 (batch 8 rows), serving its default runtime (ONNX "
+             "Runtime: the export beside the artifact); the load generator shares the same 2 cores", "",
              "| image | batch | bare forward | maps | inspect | decode + inspect | http | ONNX Runtime inspect | "
              "OpenVINO maps |", "|---|---|---|---|---|---|---|---|---|"]
     for name in SIZES:
@@ -175,6 +236,7 @@ def main() -> None:
               "batch): " + ", ".join(f"{k[:-3]} {v:.1f} ({v / total:.0%})" for k, v in breakdown.items())]
     lines += ["", "Intra-op threads (inspect, 900 x 900, batch 8, images/s): "
               + ", ".join(f"{t} thread{'s' if t > 1 else ''} {v:.1f}" for t, v in threads.items())]
+    lines += ["", *fit_table(result["fit"])]
     (out / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -294,8 +294,11 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
         pairs = standardize(torch.from_numpy(extracted.pairs), mean, std)
         progress(f"repair training: {len(pairs)} defect/clean feature pairs, {fit_cfg.repair:.0%} of each "
                  f"batch corrupted")
+    t1 = time.perf_counter()
     sae, stats = train_sae(x, config, fit_cfg, init=sae0, pairs=pairs)
-    progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    t_sae = time.perf_counter() - t1
+    progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()) + f" ({t_sae:.1f}s)")
+    t1 = time.perf_counter()
     atlas = None
     if fit_cfg.atlas_crops:
         from training.atlas import build_atlas
@@ -306,6 +309,7 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     score_stats = fit_score_stats(sae, x, extracted.tags, FeatureGrid.of(config).cells)
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
             "n_repair_pairs": 0 if pairs is None else len(pairs),
+            "fit_profile_s": {"features": t_feat, "sae": t_sae, "atlas_and_stats": time.perf_counter() - t1},
             "feature_seconds": t_feat, "extract_images_per_second": used / max(t_feat, 1e-9),
             "fit_config": dataclasses.asdict(fit_cfg)}
     return Detector(config, backbone, mean, std, sae.to(device), None, meta, atlas=atlas,

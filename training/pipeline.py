@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,18 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     log.info("%d good images in %d parts (groups: %s): %d fit the SAE, %d choose the scoring, %d calibrate",
              len(paths), split.n_groups, cal_cfg.groups, len(fit_paths), len(split.select), len(cal_paths))
     det = fit_detector(fit_paths, config, fit_cfg, device, backbone_weights, init)
+    profile = dict(det.meta.get("fit_profile_s", {}))
+    t0 = time.perf_counter()
     if config.scoring.normalize == "auto":
         choice, table = select_normalization(det, split.select, seed=fit_cfg.seed)
         det = det.with_scoring(normalize=choice)
         det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice, **table}})
+    profile["selection"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     calibration = calibrate(det, cal_paths, cal_cfg)
-    meta = {**det.meta, **(provenance or {}),
+    profile["calibration"] = time.perf_counter() - t0
+    log.info("fit profile (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in profile.items()))
+    meta = {**det.meta, **(provenance or {}), "fit_profile_s": profile,
             "n_calibration_images": len(calibration.scores), "n_selection_images": len(split.select),
             "n_groups": split.n_groups,
             "calibration_split": dataclasses.asdict(cal_cfg),
