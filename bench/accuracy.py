@@ -3,6 +3,7 @@ component, and anomalib PaDiM (and PatchCore, when asked) on the same data and m
 
     python -m bench.accuracy                       # every category, ours + ablation + PaDiM
     python -m bench.accuracy --patchcore           # also anomalib PatchCore (coreset 0.01, greedy time-capped)
+    python -m bench.accuracy --variants groups_none,repair,lite2   # model/fit variants (rows "variant: ...")
     python -m bench.accuracy --table-only          # rewrite the tables from cached rows
 
 Ours: one `fit_calibrated` with the default config per category (the fit chooses the
@@ -10,7 +11,10 @@ scoring from good images only), then `evaluate` on the full test split. Ablation
 fitted SAE with each scoring switched on and off, each recalibrated on the same held-out
 good images (so its conformal threshold and recall are its own). Throughput: `canvas_maps`
 at batch 1 on prepared canvases for the first-build scoring (raw error, map maximum) and the
-default, interleaved in one process. anomalib rows run in bench/.venv-anomalib
+default, interleaved in one process. Variants (`--variants`): the whole default fit and evaluation
+with one setting changed (VARIANTS), backbone features read from the on-disk cache of
+bench/feature_cache.py (same numbers, so a variant costs its SAE training and little else; their
+fit seconds are not comparable and are not shown). anomalib rows run in bench/.venv-anomalib
 (`bench/anomalib_compare.py` installs it). Rows are keyed by (dataset, method) and cached in
 bench/results/accuracy.json, so an interrupted run resumes. A category without pixel masks
 gets image metrics only, and its rows say so.
@@ -44,6 +48,13 @@ ABLATION = [("raw error, map max (first build)", "none", "max"),
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
+# name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
+VARIANTS = {
+    "groups_none": ("split of single images (groups none, the previous default)", {}, {}, {"groups": "none"}),
+    "repair": ("repair-trained SAE (repair 0.5)", {}, {"repair": 0.5}, {}),
+    "lite2": ("backbone EfficientNet-Lite2", {"backbone": {"name": "efficientnet_lite2"}}, {}, {}),
+    "size384": ("canvas 384 px", {"preprocess": {"size": 384}}, {}, {}),
+}
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
 
@@ -124,6 +135,38 @@ def run_ours(data: Path, rows: dict, save) -> None:
         save()
 
 
+def run_variant(data: Path, name: str, rows: dict, save) -> None:
+    import dataclasses
+
+    import torch
+
+    from bench.feature_cache import cached_backbones
+    from models.config import ModelConfig
+    from training.calibrate import CalibrationConfig
+    from training.data import good_images
+    from training.fit import FitConfig
+    from training.pipeline import fit_calibrated
+
+    label, model_changes, fit_changes, cal_changes = VARIANTS[name]
+    key = f"{data.name}|variant: {label}"
+    if key in rows:
+        return
+    torch.set_num_threads(2)
+    base = ModelConfig()
+    config = dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **ch)
+                                          for part, ch in model_changes.items()})
+    print(f"[variant] {key}", flush=True)
+    with cached_backbones(WORK / "feature_cache") as counts:
+        det = fit_calibrated(good_images([data]), config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes),
+                             device="cpu", provenance={"version": "bench"})
+        rows[key] = {"dataset": data.name, "method": f"variant: {label}", "chosen": det.config.scoring.normalize,
+                     "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
+                     "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),
+                     "fit_profile_s_cached": det.meta.get("fit_profile_s"), **_metrics(det, data)}
+    rows[key]["feature_cache"] = dict(counts)
+    save()
+
+
 def run_anomalib(data: Path, rows: dict, save, patchcore: bool) -> None:
     import subprocess
 
@@ -171,7 +214,8 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
            f"PatchCore's k-center greedy coreset is capped at {CORESET_SECONDS} s (the same greedy with a faster "
            "distance update, stopped early: `bench/anomalib_worker.py`); each set's note says how many centres "
            "it reached of the 1 % asked for.", ""]
-    methods = [DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"ablation: {a[0]}" for a in ABLATION]
+    methods = ([DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"ablation: {a[0]}" for a in ABLATION]
+               + [f"variant: {v[0]}" for v in VARIANTS.values()])
     for ds in datasets:
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
         if not got:
@@ -186,8 +230,10 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
         out += list(head)
         for m in methods:
             if m in got:
-                fit_s = None if m.startswith("ablation") else got[m].get("fit_seconds")  # ablations refit nothing
-                out.append(f"| {m} | " + " | ".join(_f(got[m].get(c)) for c in cols) + f" | {_f(fit_s, '.0f')} |")
+                fit_s = got[m].get("fit_seconds")  # ablations refit nothing; variants read cached features
+                chosen = f" (chose {got[m]['chosen']})" if m.startswith("variant") else ""
+                out.append(f"| {m}{chosen} | " + " | ".join(_f(got[m].get(c)) for c in cols)
+                           + f" | {_f(None if m.startswith(('ablation', 'variant')) else fit_s, '.0f')} |")
         t = got.get("throughput")
         if t:
             out += ["", f"Throughput (`canvas_maps`, batch 1, interleaved): first-build scoring "
@@ -201,7 +247,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
             continue
         out.append(f"| {m} | " + " | ".join(
             _f(None if any(v.get(c) is None for v in vals) else float(np.mean([v[c] for v in vals])))
-            for c in cols) + " | " + _f(None if m.startswith("ablation") else float(np.mean(
+            for c in cols) + " | " + _f(None if m.startswith(("ablation", "variant")) else float(np.mean(
                 [v.get("fit_seconds") or np.nan for v in vals])), ".0f") + " |")
     return "\n".join(out) + "\n"
 
@@ -211,6 +257,7 @@ def main() -> None:
     p.add_argument("datasets", nargs="*", type=Path, help="category folders (default: all in ../shared/datasets)")
     p.add_argument("--no-anomalib", action="store_true", help="only our rows")
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
+    p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}; only these run")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
     data = [d.resolve() for d in a.datasets] or sorted(d for d in DATASETS.iterdir() if (d / "test").is_dir())
@@ -221,7 +268,15 @@ def main() -> None:
     def save() -> None:
         RES.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
 
-    if not a.table_only:
+    variants = [v for v in a.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if variants and not a.table_only:
+        for v in variants:
+            for d in data:
+                run_variant(d, v, rows, save)
+    elif not a.table_only:
         for d in data:
             print(f"[ours] {d.name}", flush=True)
             run_ours(d, rows, save)

@@ -6,7 +6,10 @@
 Starts `sae-inspect-serve` on a free port with a copy of the artifact, then for each
 concurrency (1, 8, 32) runs closed-loop asyncio clients for `--seconds`, and records
 throughput and latency percentiles. The bare forward throughput (Detector.inspect in
-this process, batch 1 and batch 8, same images) is the ceiling the service approaches.
+this process, batch 1 and batch 8, same images) is the ceiling the service approaches. CPU
+accounting (the server's and the load generator's CPU seconds per image, from /proc and
+process_time) shows where the 2 cores go: the load generator runs on the same cores as the
+service, so its share is stated beside each row.
 With `<model>.onnx` beside the artifact (a fit writes it) and onnxruntime installed, the service
 serves the export on CPU (its default) and the bare figure is the export's: results go to
 bench/results/service_load_onnxruntime.json and .md; otherwise to service_load.json and .md.
@@ -31,6 +34,7 @@ import httpx
 
 from bench.fit_eval import machine
 from bench.load import load, summary
+from bench.servers import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,11 +47,12 @@ def bare_throughput(model: Path, images: list[Path], seconds: float, device: str
     out = {}
     for bs in (1, 8):
         det.inspect(decoded[:bs])
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             det.inspect([decoded[(n + j) % len(decoded)] for j in range(bs)])
             n += bs
         out[f"bare_images_per_s_batch{bs}"] = n / (time.perf_counter() - t0)
+        out[f"bare_cpu_ms_per_image_batch{bs}"] = 1000 * (time.process_time() - c0) / n
     return out
 
 
@@ -92,9 +97,12 @@ def main() -> None:
             rows = []
             for c in a.concurrency:
                 print(f"concurrency {c}...", flush=True)
-                t0 = time.perf_counter()
+                t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_seconds(server.pid)
                 replies = asyncio.run(load(url, "bench", payloads, c, a.seconds))
                 rows.append(summary(replies, time.perf_counter() - t0, c))
+                ok = max(rows[-1]["ok"], 1)
+                rows[-1]["server_cpu_ms_per_image"] = 1000 * (cpu_seconds(server.pid) - s0) / ok
+                rows[-1]["client_cpu_ms_per_image"] = 1000 * (time.process_time() - c0) / ok
                 print(rows[-1], flush=True)
         finally:
             server.terminate()
@@ -109,12 +117,17 @@ def main() -> None:
              f"({served.name}); command: `python -m bench.service_load --model {a.model} --images {a.images}`", "",
              f"Bare model (no HTTP, same runtime): {bare['bare_images_per_s_batch1']:.1f} images/s at batch 1, "
              f"{bare['bare_images_per_s_batch8']:.1f} images/s at batch 8.", "",
-             "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+             f"In-process CPU per image: {bare['bare_cpu_ms_per_image_batch1']:.1f} ms at batch 1, "
+             f"{bare['bare_cpu_ms_per_image_batch8']:.1f} ms at batch 8 (all cores together).", "",
+             "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms | server CPU ms/image "
+             "| load generator CPU ms/image | load generator share of CPU used |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         other = {k: v for k, v in r["status_counts"].items() if k != 200}
+        srv, cli = r["server_cpu_ms_per_image"], r["client_cpu_ms_per_image"]
         lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other or '-'} | "
-                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
+                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {srv:.1f} | {cli:.1f} | "
+                     f"{cli / (srv + cli):.0%} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
