@@ -10,6 +10,10 @@
    top-k set of latents stays the same.
 4. Threads: Detector.inspect of one 256 px part from the main thread and from a worker thread
    (as the service runs it), with 1 and 2 intra-op threads.
+5. The PyTorch backbone forward (batch 8, 256 px canvases), eager against channels-last memory,
+   TorchScript frozen + ``optimize_for_inference`` (oneDNN fusion), and ``torch.compile``
+   (inductor; skipped with the reason when it cannot build here), each checked for the same
+   features (max abs difference), and the whole ScoringNet in eager PyTorch against ONNX Runtime.
 Writes bench/results/runtime_options.{json,md}.
 """
 
@@ -43,6 +47,55 @@ def ms(fn: Callable[[], object], n: int = 10) -> float:
         for _ in range(n):
             fn()
     return (time.perf_counter() - t0) / n * 1e3
+
+
+def backbone_options(det: Detector, canvases: np.ndarray, onnx_file: Path) -> dict:
+    """Backbone forward at batch 8 under each PyTorch CPU option, and the scoring net in ONNX Runtime."""
+    from models.features import to_batch
+
+    r: dict = {}
+    x = to_batch(canvases[:8], det.config.backbone.mean, det.config.backbone.std)
+    body = det.backbone
+    with torch.inference_mode():
+        ref = body(x)
+    r["backbone_eager_ms"] = ms(lambda: body(x))
+
+    def check(name: str, fn: Callable[[], list[torch.Tensor]]) -> None:
+        try:
+            with torch.inference_mode():
+                got = fn()
+            r[f"backbone_{name}_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True))
+            r[f"backbone_{name}_ms"] = ms(fn)
+        except Exception as e:  # noqa: BLE001 - an option that cannot run here is reported, not fatal
+            r[f"backbone_{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+    xl = x.contiguous(memory_format=torch.channels_last)
+    cl = __import__("copy").deepcopy(body).to(memory_format=torch.channels_last)
+    check("channels_last", lambda: cl(xl))
+
+    def frozen() -> Callable[[], list[torch.Tensor]]:
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(body._forward, x.clone(), check_trace=False, strict=False)
+            opt = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        return lambda: list(opt(x))
+
+    try:
+        run_frozen = frozen()
+        check("jit_freeze_onednn", run_frozen)
+    except Exception as e:  # noqa: BLE001
+        r["backbone_jit_freeze_onednn_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    try:
+        compiled = torch.compile(body)
+        check("torch_compile", lambda: compiled(x))
+    except Exception as e:  # noqa: BLE001
+        r["backbone_torch_compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    if onnx_file.is_file():
+        from models.portable import PortableDetector
+
+        portable = PortableDetector(onnx_file)
+        r["pytorch_scoring_ms"] = ms(lambda: det.canvas_maps(canvases[:8]), 5)
+        r["onnxruntime_scoring_ms"] = ms(lambda: portable.canvas_maps(canvases[:8]), 5)
+    return r
 
 
 def main() -> None:
@@ -90,6 +143,7 @@ def main() -> None:
         with ThreadPoolExecutor(1) as pool:
             r[f"inspect_worker_thread_{t}_threads_ms"] = pool.submit(inspect_ms, t).result()
     torch.set_num_threads(cores)
+    r.update(backbone_options(det, canvases, a.model.with_suffix(".onnx")))
     out = ROOT / "bench" / "results"
     (out / "runtime_options.json").write_text(json.dumps({"machine": machine(), **r}, indent=2))
     md = [f"Machine: {machine()}; command: `python -m bench.runtime_options --model {a.model}`", "",
@@ -106,6 +160,17 @@ def main() -> None:
         main_ms, worker_ms = r[f"inspect_main_thread_{t}_threads_ms"], r[f"inspect_worker_thread_{t}_threads_ms"]
         md.append(f"| inspect one 256 px part, {t} intra-op thread(s): main thread / worker thread | "
                   f"{main_ms:.1f} ms / {worker_ms:.1f} ms |")
+    md.append(f"| backbone forward, batch 8 at 256 px: eager | {r['backbone_eager_ms']:.1f} ms |")
+    for k in ("channels_last", "jit_freeze_onednn", "torch_compile"):
+        if f"backbone_{k}_ms" in r:
+            md.append(f"| backbone forward, batch 8: {k.replace('_', ' ')} (max abs feature difference) | "
+                      f"{r[f'backbone_{k}_ms']:.1f} ms ({r[f'backbone_{k}_max_abs_diff']:.1e}) |")
+        else:
+            md.append(f"| backbone forward, batch 8: {k.replace('_', ' ')} | not available: "
+                      f"{r.get(f'backbone_{k}_error', '?')} |")
+    if "onnxruntime_scoring_ms" in r:
+        md.append(f"| whole scoring net, batch 8: eager PyTorch / ONNX Runtime (the default on CPU) | "
+                  f"{r['pytorch_scoring_ms']:.1f} ms / {r['onnxruntime_scoring_ms']:.1f} ms |")
     (out / "runtime_options.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -8,24 +8,54 @@ import cv2
 import numpy as np
 
 SYNTHETIC_KINDS = ("cutpaste", "blob", "scratch")
+PLACEMENTS = ("uniform", "on_part")
 
 
-def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) float image in [0, 1] -> a copy with one synthetic defect, and its bool mask."""
+def part_weights(img: np.ndarray) -> np.ndarray:
+    """(H, W) sampling weights that put defects on the part rather than on empty background: the local
+    standard deviation of brightness (window 1/16 of the short side), so a flat backdrop around a part
+    photographed in free pose gets little weight while a textured part filling the frame stays nearly
+    uniform. Real defects lie on the product; a defect pasted on an empty backdrop is one no line sees."""
+    gray = img.mean(-1).astype(np.float32)
+    k = max(3, min(img.shape[:2]) // 16) | 1
+    mean = cv2.blur(gray, (k, k))
+    var = np.clip(cv2.blur(gray * gray, (k, k)) - mean * mean, 0, None)
+    weights = np.sqrt(var) + 1e-6
+    return weights / weights.sum()
+
+
+def _centre(rng: np.random.Generator, weights: np.ndarray | None, h: int, w: int) -> tuple[int, int]:
+    if weights is None:
+        return int(rng.integers(0, h)), int(rng.integers(0, w))
+    i = int(rng.choice(weights.size, p=weights.ravel()))
+    return i // w, i % w
+
+
+def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str,
+                     placement: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float image in [0, 1] -> a copy with one synthetic defect, and its bool mask. `placement`
+    'uniform' puts the defect anywhere; 'on_part' draws its centre by ``part_weights``."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}, choose from {PLACEMENTS}")
     h, w = img.shape[:2]
     side = min(h, w)
     out = img.copy()
     mask = np.zeros((h, w), np.uint8)
+    weights = part_weights(img) if placement == "on_part" else None
     if kind == "cutpaste":
         ph, pw = (max(2, int(rng.uniform(0.04, 0.10) * side)) for _ in range(2))
         sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        if weights is None:
+            ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        else:
+            cy, cx = _centre(rng, weights, h, w)
+            ty, tx = min(max(0, cy - ph // 2), h - ph), min(max(0, cx - pw // 2), w - pw)
         patch = img[sy : sy + ph, sx : sx + pw]
         patch = patch[::-1] if rng.random() < 0.5 else patch[:, ::-1]
         out[ty : ty + ph, tx : tx + pw] = np.clip(patch * rng.uniform(0.8, 1.2), 0, 1)
         mask[ty : ty + ph, tx : tx + pw] = 1
     elif kind == "blob":
-        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        cy, cx = _centre(rng, weights, h, w)
         ry, rx = (max(1, int(rng.uniform(0.01, 0.04) * side)) for _ in range(2))
         cv2.ellipse(mask, (cx, cy), (rx, ry), float(rng.uniform(0, 180)), 0, 360, 1, -1)
         shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.06, 0.2)
@@ -35,7 +65,7 @@ def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> tu
         out = np.clip(out + shift * alpha[..., None], 0, 1)
     elif kind == "scratch":
         angle, length = rng.uniform(0, np.pi), rng.uniform(0.1, 0.3) * side
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        cy, cx = (rng.uniform(0, h), rng.uniform(0, w)) if weights is None else _centre(rng, weights, h, w)
         dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
         cv2.line(mask, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1,
                  max(1, int(rng.uniform(0.003, 0.01) * side)))

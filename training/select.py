@@ -34,7 +34,8 @@ def paired_auroc(good: np.ndarray, bad: np.ndarray) -> float:
 
 
 def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 0, copies: int = 2,
-                         n_boot: int = 400, level: float = 0.95) -> tuple[str, dict[str, Any]]:
+                         n_boot: int = 400, level: float = 0.95,
+                         placement: str = "uniform") -> tuple[str, dict[str, Any]]:
     """-> (chosen normalisation, the table it was chosen from).
 
     `paths` are held-out good images (the selection split: they fitted nothing chosen between). Each
@@ -55,8 +56,9 @@ def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 
         log.warning("only %d held-out selection images: keeping the raw reconstruction error as the score",
                     len(good))
         return "none", {"n_images": len(good), "reason": "too few selection images"}
-    bad = [Picture(synthetic_defect(rng, as_float(pic.pixels), SYNTHETIC_KINDS[(i + j) % len(SYNTHETIC_KINDS)])[0],
-                   pic.original_hw) for i, pic in enumerate(good) for j in range(copies)]
+    kinds = [SYNTHETIC_KINDS[(i + j) % len(SYNTHETIC_KINDS)] for i in range(len(good)) for j in range(copies)]
+    bad = [Picture(synthetic_defect(rng, as_float(good[i // copies].pixels), kind, placement)[0],
+                   good[i // copies].original_hw) for i, kind in enumerate(kinds)]
     n = len(good)
     scores = {}
     for cand in NORMALIZE_CHOICES:
@@ -77,4 +79,5 @@ def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 
              ", ".join(f"{c} {auc[c]:.3f}" + (f" (lead over {base} >= {lows[c]:+.3f} at {level:.0%})" if c in lows
                                                  else "") for c in NORMALIZE_CHOICES), choice)
     return choice, {"auroc_on_synthetic_defects": auc, f"lead_lower_bound_{int(level * 100)}": lows,
-                    "n_images": n, "defects_per_image": copies, "rule": f"{base} unless a lead is significant"}
+                    "n_images": n, "defects_per_image": copies, "placement": placement,
+                    "rule": f"{base} unless a lead is significant"}

@@ -131,3 +131,20 @@ def test_position_stats_with_one_sample_or_no_variation_are_finite():
     cells = torch.cat([torch.zeros(20, 2), torch.ones(200, 2)]).long()
     _, std = fit_position_stats(values, cells, 2)
     assert float(std[0, 0]) >= 0.05 * float(values.std()) * 0.999
+
+
+def test_on_part_placement_puts_defects_on_the_part_not_the_backdrop():
+    """A part on the right half of a flat backdrop: 'on_part' centres its defects on the part, 'uniform'
+    anywhere; an unknown placement is refused."""
+    from training.defects import SYNTHETIC_KINDS, synthetic_defect
+
+    img = np.full((120, 240, 3), 0.1, np.float32)
+    img[:, 120:] = np.random.default_rng(1).uniform(0.3, 0.9, (120, 120, 3))
+    share = {}
+    for placement in ("uniform", "on_part"):
+        rng = np.random.default_rng(0)
+        masks = [synthetic_defect(rng, img, SYNTHETIC_KINDS[i % 3], placement)[1] for i in range(60)]
+        share[placement] = np.mean([m[:, 120:].sum() / m.sum() for m in masks])
+    assert share["on_part"] > 0.9 and share["uniform"] < 0.75, share
+    with pytest.raises(ValueError, match="placement"):
+        synthetic_defect(np.random.default_rng(0), img, "blob", "middle")
