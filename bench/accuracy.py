@@ -54,6 +54,7 @@ VARIANTS = {
     "repair": ("repair-trained SAE (repair 0.5)", {}, {"repair": 0.5}, {}),
     "lite2": ("backbone EfficientNet-Lite2", {"backbone": {"name": "efficientnet_lite2"}}, {}, {}),
     "size384": ("canvas 384 px", {"preprocess": {"size": 384}}, {}, {}),
+    "steps1000": ("SAE 1000 steps (half the fit's SAE time)", {}, {"steps": 1000}, {}),
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
