@@ -204,6 +204,26 @@ def _selection_line(d: dict) -> str:
             f"defects (AUROC, and the 95 % lower bound of the lead over `none`: " + ", ".join(cells) + ").")
 
 
+def summary_table(rows: dict, datasets: list[str]) -> list[str]:
+    """Image AUROC per set and mean for ours, the peers and every variant (the README's table)."""
+    methods = [DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"variant: {v[0]}" for v in VARIANTS.values()]
+    out = ["| method | " + " | ".join(datasets) + " | mean image AUROC | mean AUPRO@30% | mean recall at alpha 0.01 "
+           "| mean false alarms on test/good |", "|---|" + "---|" * (len(datasets) + 4)]
+    for m in methods:
+        got = [rows.get(f"{ds}|{m}") for ds in datasets]
+        if all(g is None for g in got):
+            continue
+
+        def mean(col: str, got: list = got) -> float | None:
+            vals = [g.get(col) if g else None for g in got]
+            return None if any(v is None for v in vals) else float(np.mean(vals))
+
+        out.append(f"| {m} | " + " | ".join(_f(g.get("image_auroc")) if g else "-" for g in got)
+                   + f" | {_f(mean('image_auroc'))} | {_f(mean('aupro_30'))} | {_f(mean('recall'))} | "
+                   f"{_f(mean('false_alarm_rate'))} |")
+    return [*out, ""]
+
+
 def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     """Did the fit's scoring choice (good images only) pick what the real test split rewards?"""
     cands = {"none": "raw error, top-1% mean", "position": "position z, top-1% mean",
@@ -232,7 +252,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
            "(split, features, SAE, scoring choice, calibration; no export), anomalib = `Engine.fit`. "
            f"PatchCore's k-center greedy coreset is capped at {CORESET_SECONDS} s (the same greedy with a faster "
            "distance update, stopped early: `bench/anomalib_worker.py`); each set's note says how many centres "
-           "it reached of the 1 % asked for.", ""]
+           "it reached of the 1 % asked for.", "", "### Summary", "", *summary_table(rows, datasets)]
     methods = ([DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"ablation: {a[0]}" for a in ABLATION]
                + [f"variant: {v[0]}" for v in VARIANTS.values()])
     for ds in datasets:
