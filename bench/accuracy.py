@@ -13,8 +13,8 @@ good images (so its conformal threshold and recall are its own). Throughput: `ca
 at batch 1 on prepared canvases for the first-build scoring (raw error, map maximum) and the
 default, interleaved in one process. Variants (`--variants`): the whole default fit and evaluation
 with one setting changed (VARIANTS), backbone features read from the on-disk cache of
-bench/feature_cache.py (same numbers, so a variant costs its SAE training and little else; their
-fit seconds are not comparable and are not shown). anomalib rows run in bench/.venv-anomalib
+bench/feature_cache.py (the same numbers to float32 rounding, so a variant costs its SAE training
+and little else; their fit seconds are not comparable and are not shown). anomalib rows run in bench/.venv-anomalib
 (`bench/anomalib_compare.py` installs it). Rows are keyed by (dataset, method) and cached in
 bench/results/accuracy.json, so an interrupted run resumes. A category without pixel masks
 gets image metrics only, and its rows say so.

@@ -4,7 +4,8 @@
 The backbone is frozen and deterministic, so its output depends only on its input: each canvas of a
 batch is keyed by a hash of its normalised pixels (and the backbone's name, stages and weights), and
 its stage maps are stored as one float32 .npy file per stage. A batch computes only the canvases the
-cache lacks. Numbers from a cached run are those of an uncached one; only the time differs.
+cache lacks. Numbers from a cached run are those of an uncached one to float32 rounding (maps within
+1e-6: a stacked copy of the features can take another kernel than the backbone's own output layout).
 
     with cached_backbones(Path("bench/work/feature_cache")):
         det = fit_calibrated(...)          # first run fills the cache, later runs read it

@@ -1,10 +1,12 @@
-"""bench/feature_cache.py: cached backbone features give the very maps of an uncached run."""
+"""bench/feature_cache.py: cached backbone features give the maps of an uncached run (to float32 rounding:
+a stacked copy of the features can take another kernel than the backbone's own output layout)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bench.feature_cache import cached_backbones
+from models.backbone import Backbone
 from models.imageio import list_images
 from models.preprocess import make_canvases
 
@@ -18,6 +20,6 @@ def test_cached_features_give_identical_maps_and_are_reused(detector, dataset, t
     with cached_backbones(tmp_path) as second:
         read = detector.canvas_maps(canvases[[2, 0]])  # another batch of the same canvases
     assert first == {"hits": 0, "misses": 3} and second == {"hits": 2, "misses": 0}
-    np.testing.assert_array_equal(filled, plain)
-    np.testing.assert_array_equal(read, plain[[2, 0]])
-    assert detector.canvas_maps(canvases[:1]).shape == plain[:1].shape  # the patch is gone after the block
+    np.testing.assert_allclose(filled, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(read, plain[[2, 0]], rtol=1e-5, atol=1e-6)
+    assert Backbone.forward.__module__ == "models.backbone"  # the product's own forward is back after the block
