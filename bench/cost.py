@@ -42,8 +42,8 @@ from PIL import Image
 
 from bench.fit_eval import machine
 from bench.images import encode
+from bench.load import load, summary
 from bench.servers import server_process
-from bench.service_load import load
 from models.detector import Detector
 from models.features import to_batch
 from models.portable import PortableDetector
@@ -199,7 +199,9 @@ def main() -> None:
                             samples.setdefault(f"{name}|{bs}|{stage}", []).append(
                                 rate(lambda fn=fn, name=name, bs=bs: fn(name, bs), a.seconds))
                         conc = 1 if bs == 1 else 8
-                        row = asyncio.run(load(url, "line", data[name], conc, a.seconds * 2))
+                        t0 = time.perf_counter()
+                        replies = asyncio.run(load(url, "line", data[name], conc, a.seconds * 2))
+                        row = summary(replies, time.perf_counter() - t0, conc)
                         samples.setdefault(f"{name}|{bs}|http", []).append(row["images_per_s"])
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
