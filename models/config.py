@@ -127,7 +127,8 @@ class ScoringConfig:
     """Gaussian smoothing of the anomaly map, in canvas pixels."""
     image_score: str = "top_mean"
     """'top_mean': mean of the top `top_fraction` of map pixels (default: better than the maximum on
-    all three shared datasets, bench/results/accuracy.md), or 'max' of the map."""
+    all four shared datasets, for the raw error and for the position scores: bench/results/accuracy.md),
+    or 'max' of the map."""
     top_fraction: float = 0.01
     normalize: str = "auto"
     """Patch score before the map: 'none' (raw squared reconstruction error), 'position' (its
