@@ -92,8 +92,9 @@ def export_times(model: Path) -> dict[str, float]:
     from training.export import export_onnx, validation_sample
 
     out = {}
-    models = {model.stem: model, **{m.stem.removeprefix("accuracy_"): m
-                                    for m in sorted((ROOT / "bench" / "work").glob("accuracy_*.safetensors"))}}
+    # keyed by set name, so the --model that is itself an accuracy model is exported once, not twice
+    models = {m.stem.removeprefix("accuracy_"): m
+              for m in [model, *sorted((ROOT / "bench" / "work").glob("accuracy_*.safetensors"))]}
     for name, path in models.items():
         det = Detector.from_artifact(path, "cpu")
         data = ROOT.parent / "shared" / "datasets" / name
