@@ -180,6 +180,16 @@ class Detector(Scorer):
                for i in range(0, len(canvases), self.batch_size)]
         return torch.cat(out).numpy()
 
+    @torch.inference_mode()
+    def candidate_canvas_maps(self, canvases: np.ndarray, normalizations: tuple[str, ...]) -> np.ndarray:
+        """(N, S, S, 3) canvases -> (N, S, S, C) maps of each scoring in `normalizations`, from one pass of
+        the backbone and the SAE (what a scoring choice compares; the same maps ``with_scoring`` gives)."""
+        out = []
+        for i in range(0, len(canvases), self.batch_size):
+            _, err, values, indices = self.net(to_device(canvases[i : i + self.batch_size], self.device))
+            out.append(torch.stack([self.net.score_maps(err, values, indices, n) for n in normalizations], -1).cpu())
+        return torch.cat(out).numpy()
+
     def explain(self, image: Picture | np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
         """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas
         (``models.explain.explain_image``)."""

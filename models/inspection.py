@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -145,16 +146,19 @@ class Scorer:
     def read(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         return read_image(path, self.config.preprocess, max_pixels)
 
-    def maps(self, images: list[Picture | np.ndarray]) -> list[tuple[np.ndarray, Layout]]:
+    def maps(self, images: list[Picture | np.ndarray],
+             canvas_maps: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[np.ndarray, Layout]]:
         """Images -> (work map, layout) each. The canvases of all images go through the model together,
         at most ``MAX_CANVASES`` at a time, made as they are needed and stitched as they come back: memory
-        is bounded by the chunk and the work maps, however many tiles an image has."""
+        is bounded by the chunk and the work maps, however many tiles an image has. `canvas_maps` replaces
+        ``self.canvas_maps`` (e.g. several scorings of one pass, maps (N, S, S, C) -> work maps (h, w, C))."""
+        canvas_maps = canvas_maps or self.canvas_maps
         plans = [plan_canvases(img, self.config.preprocess) for img in images]
         stitchers = [Stitcher(layout) for layout, _ in plans]
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
-            for (i, _), m in zip(pending, self.canvas_maps(np.stack([c for _, c in pending])), strict=True):
+            for (i, _), m in zip(pending, canvas_maps(np.stack([c for _, c in pending])), strict=True):
                 stitchers[i].add(m)
             pending.clear()
 

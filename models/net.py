@@ -84,6 +84,11 @@ class ScoringNet(nn.Module):
         f = backbone_features(self.backbone, normalize_canvases(x, self.mean, self.std), self.pool)
         return standardize(f, self.feat_mean, self.feat_std)
 
+    def score_maps(self, err: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                   normalize: str) -> torch.Tensor:
+        """(B, h, w) patch errors and (B, h, w, k) active latents -> (B, S, S) smoothed maps of one scoring."""
+        return apply_map_operator(self.operator, patch_score(err, values, indices, normalize, self.stats))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         with record_function("features"):  # stage labels for torch.profiler (bench/cost.py); free otherwise
             f = self.features(x)  # (B, h, w, C)
@@ -93,5 +98,5 @@ class ScoringNet(nn.Module):
             err = patch_error(f, self.sae.decode_topk(values, indices, self.portable).view_as(f))  # (B, h, w)
         with record_function("maps"):
             values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
-            maps = apply_map_operator(self.operator, patch_score(err, values, indices, self.normalize, self.stats))
+            maps = self.score_maps(err, values, indices, self.normalize)
         return maps, err, values, indices

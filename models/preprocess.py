@@ -143,30 +143,34 @@ def make_canvases(image: Picture | np.ndarray, cfg: PreprocessConfig) -> tuple[n
 
 
 class Stitcher:
-    """Per-canvas maps, added in order as they are computed -> the (work_h, work_w) map; overlaps averaged."""
+    """Per-canvas maps (size, size) or (size, size, C), added in order as they are computed -> the
+    (work_h, work_w[, C]) map; overlaps averaged."""
 
     def __init__(self, layout: Layout):
         self.layout, self._next = layout, 0
-        self._total = None if len(layout.windows) == 1 else np.zeros(layout.work_hw, np.float32)
+        self._total: np.ndarray | None = None
         self._count = None if len(layout.windows) == 1 else np.zeros(layout.work_hw, np.uint16)
         self._single: np.ndarray | None = None
 
     def add(self, canvas_map: np.ndarray) -> None:
         y, x, h, w = self.layout.windows[self._next]
         self._next += 1
-        if self._total is None:
+        if self._count is None:
             o = self.layout.offset
             self._single = canvas_map[o : o + h, o : o + w]
             return
+        if self._total is None:
+            self._total = np.zeros(self.layout.work_hw + canvas_map.shape[2:], np.float32)
         self._total[y : y + h, x : x + w] += canvas_map[:h, :w]
         self._count[y : y + h, x : x + w] += 1
 
     def result(self) -> np.ndarray:
         assert self._next == len(self.layout.windows), "every canvas must be added before the map is read"
-        if self._total is None:
+        if self._count is None:
             return self._single
         assert self._count.min() >= 1, "tiles cover the whole work image"
-        np.divide(self._total, self._count, out=self._total)  # in place: no second work-size array
+        count = self._count.reshape(self._count.shape + (1,) * (self._total.ndim - 2))
+        np.divide(self._total, count, out=self._total)  # in place: no second work-size array
         return self._total
 
 

@@ -23,6 +23,37 @@ class SAEOutput(NamedTuple):
     pre_acts: torch.Tensor  # (N, n) before TopK, for AuxK
 
 
+class SparseOutput(NamedTuple):
+    x_hat: torch.Tensor  # (N, d)
+    values: torch.Tensor  # (N, k) the active latents, ReLU'd
+    indices: torch.Tensor  # (N, k) which latents they are
+
+
+class _SelectedDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        rows = w[idx]  # (N, k, d)
+        ctx.save_for_backward(x, rows, idx)
+        ctx.n_rows = w.shape[0]
+        return torch.bmm(rows, x.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, rows, idx = ctx.saved_tensors
+        gx = torch.bmm(grad.unsqueeze(1), rows).squeeze(1) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:  # only the k selected rows of w per sample get a gradient
+            gw = x.new_zeros(ctx.n_rows, x.shape[1]).index_add_(
+                0, idx.flatten(), (grad.unsqueeze(-1) * x.unsqueeze(1)).flatten(0, 1))
+        return gx, gw, None
+
+
+def selected_dot(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(N, d) x, (n, d) w, (N, k) idx -> (N, k): x[i] . w[idx[i, j]]. Forward and backward cost N k d,
+    not the N n d of the dense product followed by a gather (whose backward is dense again)."""
+    return _SelectedDot.apply(x, w, idx)
+
+
 class TopKSAE(nn.Module):
     def __init__(self, d_in: int, n_latents: int, k: int, seed: int = 0):
         super().__init__()
@@ -37,9 +68,11 @@ class TopKSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.W_dec = nn.Parameter(w_dec)  # (d, n)
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, d) -> (N, n)"""
-        return F.linear(x - self.b_pre, self.W_enc, self.b_enc)
+    def pre_activations(self, x: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, d) -> (N, n), or (N, len(latents)) for the given latent indices only."""
+        if latents is None:
+            return F.linear(x - self.b_pre, self.W_enc, self.b_enc)
+        return F.linear(x - self.b_pre, self.W_enc[latents], self.b_enc[latents])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, d) -> sparse latents (N, n) and pre-activations (N, n)."""
@@ -74,6 +107,16 @@ class TopKSAE(nn.Module):
         z, pre = self.encode(x)
         return SAEOutput(self.decode(z), z, pre)
 
+    def forward_sparse(self, x: torch.Tensor) -> SparseOutput:
+        """The training forward, with the gradients of `forward` at a fraction of its cost: the latents are
+        chosen from pre-activations computed without a graph, then only the k chosen ones are recomputed
+        with one (a TopK's gradient reaches no other latent), and the decoder sums k atoms."""
+        xc = x - self.b_pre
+        with torch.no_grad():
+            _, indices = F.linear(xc, self.W_enc, self.b_enc).topk(self.k, dim=-1, sorted=False)
+        values = F.relu(selected_dot(xc, self.W_enc, indices) + self.b_enc[indices])
+        return SparseOutput(self.decode_topk(values, indices), values, indices)
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec.data /= self.W_dec.data.norm(dim=0, keepdim=True).clamp_min(1e-8)
@@ -92,16 +135,16 @@ def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
-def auxk_loss(pre_acts: torch.Tensor, dead: torch.Tensor, w_dec: torch.Tensor,
-              residual: torch.Tensor, aux_k: int) -> torch.Tensor:
-    """FVU of the residual (N, d) modelled by the top `aux_k` dead latents; 0 if none are dead."""
-    n_dead = int(dead.sum())
+def auxk_loss(dead_pre_acts: torch.Tensor, dead_w_dec: torch.Tensor, residual: torch.Tensor,
+              aux_k: int) -> torch.Tensor:
+    """FVU of the residual (N, d) modelled by the top `aux_k` dead latents, given the dead latents'
+    pre-activations (N, n_dead) and atoms (d, n_dead); 0 if none are dead."""
+    n_dead = dead_pre_acts.shape[1]
     if n_dead == 0:
-        return pre_acts.new_zeros(())
-    masked = pre_acts.masked_fill(~dead, float("-inf"))
-    values, indices = masked.topk(min(aux_k, n_dead), dim=-1)
-    z = torch.zeros_like(pre_acts).scatter_(-1, indices, F.relu(values))
-    return fvu(F.linear(z, w_dec), residual).nan_to_num(0.0)
+        return residual.new_zeros(())
+    values, indices = dead_pre_acts.topk(min(aux_k, n_dead), dim=-1, sorted=False)
+    z = torch.zeros_like(dead_pre_acts).scatter_(-1, indices, F.relu(values))
+    return fvu(F.linear(z, dead_w_dec), residual).nan_to_num(0.0)
 
 
 def patch_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -21,22 +21,21 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def latent_statistics(sae: TopKSAE, x: torch.Tensor, grid_cells: np.ndarray, per_latent: int,
-                      chunk: int = 8192) -> tuple[Atlas, torch.Tensor, torch.Tensor]:
-    """Stream (N, d) standardised patches through the SAE.
+def latent_statistics(values: torch.Tensor, indices: torch.Tensor, n: int, grid_cells: np.ndarray,
+                      per_latent: int, chunk: int = 8192) -> tuple[Atlas, torch.Tensor, torch.Tensor]:
+    """Firing statistics of `n` latents from the (N, k) active latents of N good patches (values, indices).
 
     grid_cells: (N, 2) atlas-grid row/col of each patch. Returns an atlas without crops,
     and the (m, n) top activations with their row indices.
     """
-    n = sae.n_latents
     count, act_sum, act_max = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     loc = torch.zeros(n, GRID * GRID)
     flat = torch.from_numpy(grid_cells[:, 0] * GRID + grid_cells[:, 1]).long()
     cell_count = torch.bincount(flat, minlength=GRID * GRID).float()
     top_v = torch.full((per_latent, n), -1.0)
     top_i = torch.zeros(per_latent, n, dtype=torch.long)
-    for start in range(0, len(x), chunk):
-        z, _ = sae.encode(x[start : start + chunk])  # (c, n)
+    for start in range(0, len(values), chunk):
+        z = TopKSAE.densify(values[start : start + chunk], indices[start : start + chunk], n)  # (c, n)
         active = (z > 0).float()
         count += active.sum(0)
         act_sum += z.sum(0)
@@ -46,18 +45,20 @@ def latent_statistics(sae: TopKSAE, x: torch.Tensor, grid_cells: np.ndarray, per
         v, i = torch.cat([top_v, v]), torch.cat([top_i, i + start])
         best = v.topk(per_latent, dim=0).indices
         top_v, top_i = v.gather(0, best), i.gather(0, best)
-    atlas = Atlas(freq=count / len(x), mean_act=act_sum / count.clamp_min(1), max_act=act_max,
+    atlas = Atlas(freq=count / len(values), mean_act=act_sum / count.clamp_min(1), max_act=act_max,
                   loc_freq=(loc / cell_count.clamp_min(1)).view(n, GRID, GRID),
                   crops=torch.zeros(0, dtype=torch.uint8))
     return atlas, top_v, top_i
 
 
-def build_atlas(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, paths: Sequence[Path], config: ModelConfig,
-                per_latent: int = 2, crop: int = 24) -> Atlas:
-    """Statistics plus, per latent, `per_latent` crop x crop good-image patches where it fires most."""
+def build_atlas(values: torch.Tensor, indices: torch.Tensor, n_latents: int, tags: np.ndarray,
+                paths: Sequence[Path], config: ModelConfig, per_latent: int = 2, crop: int = 24) -> Atlas:
+    """Statistics of the good patches' active latents (values, indices: (N, k)) plus, per latent,
+    `per_latent` crop x crop good-image patches where it fires most."""
     grid = FeatureGrid.of(config)
-    stats, top_v, top_i = latent_statistics(sae.cpu(), x, grid_index(tags[:, 2:4], grid.cells), per_latent)
-    crops = np.zeros((sae.n_latents, per_latent, crop, crop, 3), np.uint8)
+    stats, top_v, top_i = latent_statistics(values, indices, n_latents, grid_index(tags[:, 2:4], grid.cells),
+                                            per_latent)
+    crops = np.zeros((n_latents, per_latent, crop, crop, 3), np.uint8)
     wanted: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # image -> (latent, slot, row)
     for slot in range(per_latent):
         for j in torch.nonzero(top_v[slot] > 0).flatten().tolist():

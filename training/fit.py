@@ -248,10 +248,11 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
     for step in bar:
         batch, target = corrupt_batch(x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)],
                                       pairs, fit_cfg, g)
-        out = sae(batch)
-        dead = since_fired > sc.dead_after
+        out = sae.forward_sparse(batch)
+        dead = (since_fired > sc.dead_after).nonzero().squeeze(1)
         main = fvu(out.x_hat, target)
-        aux = auxk_loss(out.pre_acts, dead, sae.W_dec, (target - out.x_hat).detach(), sc.aux_k)
+        aux = auxk_loss(sae.pre_activations(batch, dead), sae.W_dec[:, dead], (target - out.x_hat).detach(),
+                        sc.aux_k)
         loss = main + sc.aux_coef * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,12 +260,13 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
         opt.step()
         schedule.step()
         sae.normalize_decoder()
-        fired = (out.latents > 0).any(0)
+        fired = torch.zeros(sae.n_latents, dtype=torch.bool)
+        fired[out.indices[out.values > 0]] = True
         since_fired = torch.where(fired, 0, since_fired + len(batch))
         if step % 50 == 0 or step == fit_cfg.steps - 1:
             stats = {"loss": float(loss.detach()), "fvu": float(main.detach()),
-                     "l0": float((out.latents > 0).sum(1).float().mean()),
-                     "dead_fraction": float(dead.float().mean())}
+                     "l0": float((out.values > 0).sum(1).float().mean()),
+                     "dead_fraction": len(dead) / sae.n_latents}
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()})
     return sae.eval().requires_grad_(False), stats
 
@@ -299,14 +301,15 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     t_sae = time.perf_counter() - t1
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()) + f" ({t_sae:.1f}s)")
     t1 = time.perf_counter()
+    codes = reservoir_codes(sae, x)  # one SAE pass over the reservoir serves the atlas and the statistics
     atlas = None
     if fit_cfg.atlas_crops:
         from training.atlas import build_atlas
 
-        atlas = build_atlas(sae, x, extracted.tags, extracted.paths, config, fit_cfg.atlas_crops,
-                            fit_cfg.atlas_crop_px)
+        atlas = build_atlas(codes.values, codes.indices, sae.n_latents, extracted.tags, extracted.paths, config,
+                            fit_cfg.atlas_crops, fit_cfg.atlas_crop_px)
         progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
-    score_stats = fit_score_stats(sae, x, extracted.tags, FeatureGrid.of(config).cells)
+    score_stats = fit_score_stats(codes, extracted.tags, FeatureGrid.of(config).cells, sae.n_latents)
     meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
             "n_repair_pairs": 0 if pairs is None else len(pairs),
             "fit_profile_s": {"features": t_feat, "sae": t_sae, "atlas_and_stats": time.perf_counter() - t1},
@@ -316,25 +319,43 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
                     score_stats=score_stats)
 
 
+class Codes(NamedTuple):
+    values: torch.Tensor
+    """(N, k) activations of the k latents active at each reservoir patch."""
+    indices: torch.Tensor
+    """(N, k) which latents they are."""
+    err: torch.Tensor
+    """(N,) each patch's reconstruction error."""
+
+
 @torch.no_grad()
-def fit_score_stats(sae: TopKSAE, x: torch.Tensor, tags: np.ndarray, n_cells: int, chunk: int = 8192) -> ScoreStats:
+def reservoir_codes(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> Codes:
+    """(N, d) standardised patches -> their active latents and errors, by the inference path (k atoms)."""
+    sae = sae.cpu()
+    parts = []
+    for i in range(0, len(x), chunk):
+        values, indices = sae.encode_topk(x[i : i + chunk])
+        parts.append((values, indices, patch_error(x[i : i + chunk], sae.decode_topk(values, indices))))
+    return Codes(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+def fit_score_stats(codes: Codes, tags: np.ndarray, n_cells: int, n_latents: int, chunk: int = 8192) -> ScoreStats:
     """Per-position statistics of the patch error and of latent novelty on the good training patches.
 
-    The reservoir keeps each patch's grid position, so this costs two SAE passes over the
-    reservoir, chunk by chunk, and no second pass over the images.
+    The reservoir keeps each patch's grid position, so this needs the reservoir's codes only and no
+    second pass over the images.
     """
-    sae = sae.cpu()
     cells = torch.from_numpy(tags[:, 2:4]).long()
     flat = cells[:, 0] * n_cells + cells[:, 1]
-    errs, active = [], torch.zeros(n_cells * n_cells, sae.n_latents, dtype=torch.float64)
-    for i in range(0, len(x), chunk):  # pass 1: errors and per-position firing counts
-        out = sae(x[i : i + chunk])
-        errs.append(patch_error(x[i : i + chunk], out.x_hat))
-        active.index_add_(0, flat[i : i + chunk], (out.latents > 0).double())
+    fired = codes.values > 0
+    active = torch.zeros(n_cells * n_cells, n_latents, dtype=torch.float64).index_put_(
+        (flat[:, None].expand_as(codes.indices)[fired], codes.indices[fired]),
+        torch.ones((), dtype=torch.float64), accumulate=True)  # per-position firing counts
     rarity = latent_rarity(active, torch.bincount(flat, minlength=n_cells * n_cells))
     table = rarity.view(n_cells * n_cells, -1)
-    nov = torch.cat([latent_novelty(*sae.encode_topk(x[i : i + chunk]), table[flat[i : i + chunk]])
-                     for i in range(0, len(x), chunk)])  # pass 2: novelty of each good patch
-    err_mean, err_std = fit_position_stats(torch.cat(errs), cells, n_cells)
+    v, idx = codes.values, codes.indices
+    nov = torch.cat([latent_novelty(v[i : i + chunk], idx[i : i + chunk], table[flat[i : i + chunk]])
+                     for i in range(0, len(flat), chunk)])  # the novelty of each good patch
+    err_mean, err_std = fit_position_stats(codes.err, cells, n_cells)
     nov_mean, nov_std = fit_position_stats(nov, cells, n_cells)
     return ScoreStats(err_mean, err_std, rarity.view(n_cells, n_cells, -1), nov_mean, nov_std)

@@ -60,10 +60,11 @@ def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 
     bad = [Picture(synthetic_defect(rng, as_float(good[i // copies].pixels), kind, placement)[0],
                    good[i // copies].original_hw) for i, kind in enumerate(kinds)]
     n = len(good)
+    d = detector.with_scoring(normalize=NORMALIZE_CHOICES[0])  # every candidate from one pass
+    maps = d.maps(good + bad, lambda c: d.candidate_canvas_maps(c, NORMALIZE_CHOICES))
     scores = {}
-    for cand in NORMALIZE_CHOICES:
-        d = detector.with_scoring(normalize=cand)
-        s = np.asarray([d.score_map(m) for m, _ in d.maps(good + bad)])
+    for j, cand in enumerate(NORMALIZE_CHOICES):
+        s = np.asarray([d.score_map(np.ascontiguousarray(m[..., j])) for m, _ in maps])
         scores[cand] = (s[:n], s[n:].reshape(n, copies))
     auc = {c: paired_auroc(*scores[c]) for c in NORMALIZE_CHOICES}
     base = NORMALIZE_CHOICES[0]

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 from models.imageio import list_images
 from models.preprocess import to_original
@@ -47,3 +48,23 @@ def test_detector_is_immutable_and_a_clone_keeps_everything(detector):
     assert clone.config == detector.config and torch.equal(clone.feat_mean, detector.feat_mean)
     with pytest.raises(TypeError, match="unknown"):
         detector.replace(threshold=1.0)
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "tile"])
+def test_candidate_maps_of_one_pass_equal_each_scoring_alone(detector, mode):
+    """The scoring choice scores every candidate from one backbone pass: each channel is the map that
+    candidate gives by itself, tiles stitched the same way."""
+    import dataclasses
+
+    from models.config import NORMALIZE_CHOICES
+
+    det = detector.replace(config=dataclasses.replace(
+        detector.config, preprocess=dataclasses.replace(detector.config.preprocess, mode=mode)))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (300, 420, 3), dtype=np.uint8) for _ in range(3)]
+    together = det.maps(images, lambda c: det.candidate_canvas_maps(c, NORMALIZE_CHOICES))
+    for j, cand in enumerate(NORMALIZE_CHOICES):
+        alone = det.with_scoring(normalize=cand).maps(images)
+        for (m, layout), (a, layout_a) in zip(together, alone, strict=True):
+            assert m.shape == a.shape + (len(NORMALIZE_CHOICES),) and layout == layout_a
+            np.testing.assert_allclose(m[..., j], a, rtol=1e-5, atol=1e-5)

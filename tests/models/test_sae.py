@@ -26,8 +26,40 @@ def test_auxk_is_zero_without_dead_latents_and_positive_with():
     pre = torch.randn(10, 6)
     w = torch.randn(4, 6)
     resid = torch.randn(10, 4)
-    assert float(auxk_loss(pre, torch.zeros(6, dtype=torch.bool), w, resid, 2)) == 0.0
-    assert float(auxk_loss(pre, torch.ones(6, dtype=torch.bool), w, resid, 2)) > 0.0
+    none = torch.zeros(0, dtype=torch.long)
+    assert float(auxk_loss(pre[:, none], w[:, none], resid, 2)) == 0.0
+    assert float(auxk_loss(pre, w, resid, 2)) > 0.0
+
+
+def _losses_dense(sae, x, dead, aux_k):
+    """The TopK SAE loss written the plain way: dense codes, dead latents masked out of a full TopK."""
+    out = sae(x)
+    masked = out.pre_acts.masked_fill(~dead, float("-inf"))
+    values, indices = masked.topk(min(aux_k, int(dead.sum())), dim=-1)
+    z = torch.zeros_like(out.pre_acts).scatter_(-1, indices, torch.relu(values))
+    return fvu(out.x_hat, x) + fvu(z @ sae.W_dec.t(), (x - out.x_hat).detach()) / 32
+
+
+def test_sparse_training_forward_has_the_dense_loss_and_gradients():
+    """forward_sparse + auxk on the dead latents only = the dense TopK forward and AuxK, value and gradient."""
+    g = torch.Generator().manual_seed(0)
+    dense, sparse = TopKSAE(16, 64, 4, seed=1), TopKSAE(16, 64, 4, seed=1)
+    with torch.no_grad():
+        dense.b_pre.normal_(generator=g)
+        dense.b_enc.normal_(0, 0.1, generator=g)
+        dense.W_enc.add_(0.1 * torch.randn(64, 16, generator=g))
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(300, 16, generator=g)
+    dead = torch.rand(64, generator=g) < 0.3
+    _losses_dense(dense, x, dead, 8).backward()
+    out = sparse.forward_sparse(x)
+    idx = dead.nonzero().squeeze(1)
+    loss = fvu(out.x_hat, x) + auxk_loss(sparse.pre_activations(x, idx), sparse.W_dec[:, idx],
+                                         (x - out.x_hat).detach(), 8) / 32
+    loss.backward()
+    torch.testing.assert_close(out.x_hat, dense(x).x_hat, atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(dense.named_parameters(), sparse.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_training_reduces_fvu_and_keeps_atoms_unit_norm():
