@@ -56,6 +56,9 @@ VARIANTS = {
     "lite2": ("backbone EfficientNet-Lite2", {"backbone": {"name": "efficientnet_lite2"}}, {}, {}),
     "size384": ("canvas 384 px", {"preprocess": {"size": 384}}, {}, {}),
     "steps1000": ("SAE 1000 steps (half the fit's SAE time)", {}, {"steps": 1000}, {}),
+    "batch1024": ("SAE batches of 1024 patches (default 2048: half the SAE time)", {}, {"batch_size": 1024}, {}),
+    "pool5": ("context: each patch feature averages its 5 x 5 neighbourhood (pool 5, default 3)",
+              {"scoring": {"pool": 5}}, {}, {}),
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
