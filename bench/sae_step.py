@@ -21,7 +21,7 @@ import torch
 
 from bench.fit_eval import machine
 from models.config import SAEConfig
-from models.sae import TopKSAE, auxk_loss, fvu
+from models.sae import TopKSAE, fvu, training_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,10 +38,8 @@ def dense_loss(sae: TopKSAE, x: torch.Tensor, dead: torch.Tensor, cfg: SAEConfig
 
 
 def sparse_loss(sae: TopKSAE, x: torch.Tensor, dead: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
-    out = sae.forward_sparse(x)
-    idx = dead.nonzero().squeeze(1)
-    aux = auxk_loss(sae.pre_activations(x, idx), sae.W_dec[:, idx], (x - out.x_hat).detach(), cfg.aux_k)
-    return fvu(out.x_hat, x) + cfg.aux_coef * aux
+    _, main, aux = training_losses(sae, x, x, dead.nonzero().squeeze(1), cfg.aux_k)
+    return main + cfg.aux_coef * aux
 
 
 def main() -> None:

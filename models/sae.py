@@ -147,6 +147,14 @@ def auxk_loss(dead_pre_acts: torch.Tensor, dead_w_dec: torch.Tensor, residual: t
     return fvu(F.linear(z, dead_w_dec), residual).nan_to_num(0.0)
 
 
+def training_losses(sae: TopKSAE, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor,
+                    aux_k: int) -> tuple[SparseOutput, torch.Tensor, torch.Tensor]:
+    """One training step's forward: (sparse output, FVU of `target`, AuxK loss of the `dead` latent indices)."""
+    out = sae.forward_sparse(x)
+    aux = auxk_loss(sae.pre_activations(x, dead), sae.W_dec[:, dead], (target - out.x_hat).detach(), aux_k)
+    return out, fvu(out.x_hat, target), aux
+
+
 def patch_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Mean squared reconstruction error per patch: (..., d) -> (...)."""
     return (x - x_hat).pow(2).mean(-1)

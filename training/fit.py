@@ -27,7 +27,7 @@ from models.features import extract_features, fit_standardization, standardize
 from models.geometry import FeatureGrid
 from models.net import ScoreStats
 from models.preprocess import Picture, as_float, make_canvases, valid_cells
-from models.sae import TopKSAE, auxk_loss, fvu, patch_error
+from models.sae import TopKSAE, patch_error, training_losses
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 from training.data import iter_images
 from training.defects import SYNTHETIC_KINDS, synthetic_defect
@@ -248,11 +248,8 @@ def train_sae(x: torch.Tensor, config: ModelConfig, fit_cfg: FitConfig,
     for step in bar:
         batch, target = corrupt_batch(x[torch.randint(len(x), (min(fit_cfg.batch_size, len(x)),), generator=g)],
                                       pairs, fit_cfg, g)
-        out = sae.forward_sparse(batch)
         dead = (since_fired > sc.dead_after).nonzero().squeeze(1)
-        main = fvu(out.x_hat, target)
-        aux = auxk_loss(sae.pre_activations(batch, dead), sae.W_dec[:, dead], (target - out.x_hat).detach(),
-                        sc.aux_k)
+        out, main, aux = training_losses(sae, batch, target, dead, sc.aux_k)
         loss = main + sc.aux_coef * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -64,7 +64,7 @@ def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 
     maps = d.maps(good + bad, lambda c: d.candidate_canvas_maps(c, NORMALIZE_CHOICES))
     scores = {}
     for j, cand in enumerate(NORMALIZE_CHOICES):
-        s = np.asarray([d.score_map(np.ascontiguousarray(m[..., j])) for m, _ in maps])
+        s = np.asarray([d.score_map(m[..., j]) for m, _ in maps])
         scores[cand] = (s[:n], s[n:].reshape(n, copies))
     auc = {c: paired_auroc(*scores[c]) for c in NORMALIZE_CHOICES}
     base = NORMALIZE_CHOICES[0]

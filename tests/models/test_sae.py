@@ -31,17 +31,12 @@ def test_auxk_is_zero_without_dead_latents_and_positive_with():
     assert float(auxk_loss(pre, w, resid, 2)) > 0.0
 
 
-def _losses_dense(sae, x, dead, aux_k):
-    """The TopK SAE loss written the plain way: dense codes, dead latents masked out of a full TopK."""
-    out = sae(x)
-    masked = out.pre_acts.masked_fill(~dead, float("-inf"))
-    values, indices = masked.topk(min(aux_k, int(dead.sum())), dim=-1)
-    z = torch.zeros_like(out.pre_acts).scatter_(-1, indices, torch.relu(values))
-    return fvu(out.x_hat, x) + fvu(z @ sae.W_dec.t(), (x - out.x_hat).detach()) / 32
-
-
 def test_sparse_training_forward_has_the_dense_loss_and_gradients():
     """forward_sparse + auxk on the dead latents only = the dense TopK forward and AuxK, value and gradient."""
+    from bench.sae_step import dense_loss, sparse_loss
+    from models.config import SAEConfig
+
+    cfg = SAEConfig(k=4, aux_k=8)
     g = torch.Generator().manual_seed(0)
     dense, sparse = TopKSAE(16, 64, 4, seed=1), TopKSAE(16, 64, 4, seed=1)
     with torch.no_grad():
@@ -51,13 +46,9 @@ def test_sparse_training_forward_has_the_dense_loss_and_gradients():
     sparse.load_state_dict(dense.state_dict())
     x = torch.randn(300, 16, generator=g)
     dead = torch.rand(64, generator=g) < 0.3
-    _losses_dense(dense, x, dead, 8).backward()
-    out = sparse.forward_sparse(x)
-    idx = dead.nonzero().squeeze(1)
-    loss = fvu(out.x_hat, x) + auxk_loss(sparse.pre_activations(x, idx), sparse.W_dec[:, idx],
-                                         (x - out.x_hat).detach(), 8) / 32
-    loss.backward()
-    torch.testing.assert_close(out.x_hat, dense(x).x_hat, atol=1e-5, rtol=1e-5)
+    dense_loss(dense, x, dead, cfg).backward()
+    sparse_loss(sparse, x, dead, cfg).backward()
+    torch.testing.assert_close(sparse.forward_sparse(x).x_hat, dense(x).x_hat, atol=1e-5, rtol=1e-5)
     for (name, a), (_, b) in zip(dense.named_parameters(), sparse.named_parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
 
