@@ -6,8 +6,9 @@ At the default shape (152 features x 8 = 1216 latents, k 16, AuxK 64, batch 2048
 20 % dead latents: milliseconds per step (forward, loss, backward), interleaved in rounds, and
 the largest gradient difference between the two paths. The dense definition computes all
 latents with a graph, decodes the dense codes and masks the live latents out of a full TopK
-for AuxK; ``TopKSAE.forward_sparse`` picks the latents without a graph, recomputes only the k
-chosen ones, and AuxK runs on the dead latents' columns only (models/sae.py).
+for AuxK; ``TopKSAE.forward_sparse`` picks the latents without a graph and runs every product of the
+backward on the chosen (patch, latent) entries only (CSR products: ``CodePattern``), and AuxK runs on
+the dead latents' columns only (models/sae.py).
 Writes bench/results/sae_step.{json,md}.
 """
 

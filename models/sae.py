@@ -10,6 +10,7 @@ median (set by the trainer), and the AuxK loss models the residual with the top
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -29,29 +30,85 @@ class SparseOutput(NamedTuple):
     indices: torch.Tensor  # (N, k) which latents they are
 
 
-class _SelectedDot(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        rows = w[idx]  # (N, k, d)
-        ctx.save_for_backward(x, rows, idx)
-        ctx.n_rows = w.shape[0]
-        return torch.bmm(rows, x.unsqueeze(-1)).squeeze(-1)
+# The training step's sparse products run on CSR matrices (torch marks CSR support "beta" once per process).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+class CodePattern(NamedTuple):
+    """Where the k active latents of N patches sit in the (N, n) code matrix, as CSR, and its transpose:
+    the sparse products of a training step read it instead of materialising (N, k, d) gathers."""
+
+    crow: torch.Tensor  # (N + 1,) row pointers of the (N, n) pattern: k per row
+    col: torch.Tensor  # (N * k,) latent of each entry, ascending within a row
+    t_crow: torch.Tensor  # (n + 1,) row pointers of the transposed (n, N) pattern
+    t_col: torch.Tensor  # (N * k,) patch of each transposed entry, ascending within a latent
+    t_perm: torch.Tensor  # (N * k,) entry order of the transpose: entries[t_perm] lists them latent by latent
+    shape: tuple[int, int]  # (N, n)
+
+    @classmethod
+    def of(cls, indices: torch.Tensor, n_latents: int) -> CodePattern:
+        """`indices` (N, k), ascending and distinct in each row."""
+        n, k = indices.shape
+        col = indices.flatten()
+        crow = torch.arange(0, n * k + 1, k, device=col.device)
+        t_perm = torch.argsort(col, stable=True)
+        t_crow = torch.zeros(n_latents + 1, dtype=torch.long, device=col.device)
+        torch.cumsum(torch.bincount(col, minlength=n_latents), 0, out=t_crow[1:])
+        return cls(crow, col, t_crow, t_perm // k, t_perm, (n, n_latents))
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, k) entries -> the (N, n) CSR matrix holding them."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values.flatten(), self.shape, check_invariants=False)
+
+    def transposed(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, k) entries -> the (n, N) CSR transpose of `matrix(values)`."""
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.flatten()[self.t_perm], self.shape[::-1],
+                                       check_invariants=False)
+
+
+class _EncodeSelected(torch.autograd.Function):
+    """Pre-activations of the selected latents, (N, k), whose values the caller computed already (the dense
+    product that chose them). Backward: gradients for the centred input, W_enc and b_enc through sparse
+    products that touch only the selected entries."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, rows, idx = ctx.saved_tensors
-        gx = torch.bmm(grad.unsqueeze(1), rows).squeeze(1) if ctx.needs_input_grad[0] else None
-        gw = None
-        if ctx.needs_input_grad[1]:  # only the k selected rows of w per sample get a gradient
-            gw = x.new_zeros(ctx.n_rows, x.shape[1]).index_add_(
-                0, idx.flatten(), (grad.unsqueeze(-1) * x.unsqueeze(1)).flatten(0, 1))
-        return gx, gw, None
+    def forward(ctx, xc: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, selected: torch.Tensor,
+                pattern: CodePattern) -> torch.Tensor:
+        ctx.save_for_backward(xc, w_enc)
+        ctx.pattern = pattern
+        return selected.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xc, w_enc = ctx.saved_tensors
+        p: CodePattern = ctx.pattern
+        g_xc = p.matrix(grad) @ w_enc if ctx.needs_input_grad[0] else None  # (N, d)
+        g_w = p.transposed(grad) @ xc if ctx.needs_input_grad[1] else None  # (n, d)
+        g_b = grad.new_zeros(p.shape[1]).index_add_(0, p.col, grad.flatten()) if ctx.needs_input_grad[2] else None
+        return g_xc, g_w, g_b, None, None
 
 
-def selected_dot(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(N, d) x, (n, d) w, (N, k) idx -> (N, k): x[i] . w[idx[i, j]]. Forward and backward cost N k d,
-    not the N n d of the dense product followed by a gather (whose backward is dense again)."""
-    return _SelectedDot.apply(x, w, idx)
+class _DecodeSelected(torch.autograd.Function):
+    """(N, k) values of the selected latents -> (N, d) sum of their atoms; backward through a sampled
+    product (the gradient of each selected value only) and the transposed pattern (W_dec's gradient)."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, w_dec: torch.Tensor, pattern: CodePattern) -> torch.Tensor:
+        ctx.save_for_backward(values, w_dec)
+        ctx.pattern = pattern
+        return pattern.matrix(values) @ w_dec.t()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        values, w_dec = ctx.saved_tensors
+        p: CodePattern = ctx.pattern
+        g_values = g_w = None
+        if ctx.needs_input_grad[0]:
+            sampled = torch.sparse.sampled_addmm(p.matrix(torch.zeros_like(values)), grad, w_dec, beta=0.0)
+            g_values = sampled.values().view_as(values)
+        if ctx.needs_input_grad[1]:
+            g_w = (p.transposed(values) @ grad).t()  # (d, n)
+        return g_values, g_w, None
 
 
 class TopKSAE(nn.Module):
@@ -109,13 +166,17 @@ class TopKSAE(nn.Module):
 
     def forward_sparse(self, x: torch.Tensor) -> SparseOutput:
         """The training forward, with the gradients of `forward` at a fraction of its cost: the latents are
-        chosen from pre-activations computed without a graph, then only the k chosen ones are recomputed
-        with one (a TopK's gradient reaches no other latent), and the decoder sums k atoms."""
+        chosen from pre-activations computed without a graph, and every product of the backward touches the
+        chosen (patch, latent) entries only (a TopK's gradient reaches no other latent): sparse CSR
+        products, never an (N, n) dense gradient or an (N, k, d) gather."""
         xc = x - self.b_pre
         with torch.no_grad():
-            _, indices = F.linear(xc, self.W_enc, self.b_enc).topk(self.k, dim=-1, sorted=False)
-        values = F.relu(selected_dot(xc, self.W_enc, indices) + self.b_enc[indices])
-        return SparseOutput(self.decode_topk(values, indices), values, indices)
+            selected, indices = F.linear(xc, self.W_enc, self.b_enc).topk(self.k, dim=-1)  # sorted: faster here
+            indices, order = indices.sort(dim=-1)  # CSR wants ascending latents in each row
+            selected = selected.gather(-1, order)
+        pattern = CodePattern.of(indices, self.n_latents)
+        values = F.relu(_EncodeSelected.apply(xc, self.W_enc, self.b_enc, selected, pattern))
+        return SparseOutput(_DecodeSelected.apply(values, self.W_dec, pattern) + self.b_pre, values, indices)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

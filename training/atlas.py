@@ -15,36 +15,35 @@ from models.explain import GRID, Atlas, grid_index
 from models.geometry import FeatureGrid
 from models.imageio import ImageDecodeError, read_image
 from models.preprocess import make_canvases
-from models.sae import TopKSAE
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def latent_statistics(values: torch.Tensor, indices: torch.Tensor, n: int, grid_cells: np.ndarray,
-                      per_latent: int, chunk: int = 8192) -> tuple[Atlas, torch.Tensor, torch.Tensor]:
+                      per_latent: int) -> tuple[Atlas, torch.Tensor, torch.Tensor]:
     """Firing statistics of `n` latents from the (N, k) active latents of N good patches (values, indices).
 
-    grid_cells: (N, 2) atlas-grid row/col of each patch. Returns an atlas without crops,
-    and the (m, n) top activations with their row indices.
+    grid_cells: (N, 2) atlas-grid row/col of each patch. Returns an atlas without crops, and the
+    (per_latent, n) largest activations of each latent with their patch rows (-1 where it fired on fewer
+    patches). Computed on the N k active entries only, never on a dense (N, n) code matrix.
     """
-    count, act_sum, act_max = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    loc = torch.zeros(n, GRID * GRID)
+    fired = values > 0
+    rows = torch.arange(len(values)).unsqueeze(1).expand_as(indices)[fired]
+    lat, act = indices[fired], values[fired]
+    count = torch.bincount(lat, minlength=n).float()
+    act_sum = torch.zeros(n).index_add_(0, lat, act)
+    act_max = torch.zeros(n).scatter_reduce_(0, lat, act, "amax")
     flat = torch.from_numpy(grid_cells[:, 0] * GRID + grid_cells[:, 1]).long()
     cell_count = torch.bincount(flat, minlength=GRID * GRID).float()
-    top_v = torch.full((per_latent, n), -1.0)
-    top_i = torch.zeros(per_latent, n, dtype=torch.long)
-    for start in range(0, len(values), chunk):
-        z = TopKSAE.densify(values[start : start + chunk], indices[start : start + chunk], n)  # (c, n)
-        active = (z > 0).float()
-        count += active.sum(0)
-        act_sum += z.sum(0)
-        act_max = torch.maximum(act_max, z.max(0).values)
-        loc.index_add_(1, flat[start : start + chunk], active.t())
-        v, i = z.topk(min(per_latent, len(z)), dim=0)
-        v, i = torch.cat([top_v, v]), torch.cat([top_i, i + start])
-        best = v.topk(per_latent, dim=0).indices
-        top_v, top_i = v.gather(0, best), i.gather(0, best)
+    loc = torch.bincount(lat * GRID * GRID + flat[rows], minlength=n * GRID * GRID).float().view(n, GRID * GRID)
+    order = act.argsort(descending=True, stable=True)
+    order = order[lat[order].argsort(stable=True)]  # by latent, largest activation first
+    rank = torch.arange(len(order)) - (torch.cumsum(count, 0) - count).long()[lat[order]]  # place in its latent
+    keep = order[rank < per_latent]
+    slot = rank[rank < per_latent]
+    top_v = torch.full((per_latent, n), -1.0).index_put_((slot, lat[keep]), act[keep])
+    top_i = torch.zeros(per_latent, n, dtype=torch.long).index_put_((slot, lat[keep]), rows[keep])
     atlas = Atlas(freq=count / len(values), mean_act=act_sum / count.clamp_min(1), max_act=act_max,
                   loc_freq=(loc / cell_count.clamp_min(1)).view(n, GRID, GRID),
                   crops=torch.zeros(0, dtype=torch.uint8))
