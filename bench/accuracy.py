@@ -57,6 +57,8 @@ VARIANTS = {
     "size384": ("canvas 384 px", {"preprocess": {"size": 384}}, {}, {}),
     "steps1000": ("SAE 1000 steps (half the fit's SAE time)", {}, {"steps": 1000}, {}),
     "batch1024": ("SAE batches of 1024 patches (default 2048: half the SAE time)", {}, {"batch_size": 1024}, {}),
+    "steps1000_lr2": ("SAE 1000 steps at twice the learning rate (2e-3)", {}, {"steps": 1000, "lr": 2e-3}, {}),
+    "steps1500": ("SAE 1500 steps", {}, {"steps": 1500}, {}),
     "pool5": ("context: each patch feature averages its 5 x 5 neighbourhood (pool 5, default 3)",
               {"scoring": {"pool": 5}}, {}, {}),
 }
