@@ -12,11 +12,15 @@ saved as PNG) and batch 1 and 8, each round times, one after the other:
             so it serves its default runtime: ONNX Runtime on CPU) at concurrency 1 (batch-1 rows) and
             8 (batch-8 rows);
   onnx      PortableDetector.inspect (the exported model in ONNX Runtime) on decoded pictures;
+  onnx_file decode + PortableDetector.inspect from PNG bytes: what the service does per image, in process;
   openvino  the same ONNX file compiled by OpenVINO (f32), canvases to maps only (when installed).
 The median over rounds is reported as images/s and as a ratio to `bare` of the same size and
-batch. A torch.profiler breakdown of Detector.canvas_pass (900 px, batch 8) gives each stage's
-share. Fit time: each shared set's fit from bench/results/accuracy.json (ours: `fit_calibrated`
-and its phases; anomalib PaDiM and PatchCore: `Engine.fit`), plus the time of the export a fit
+batch. For the http rows a second table sets the service against `onnx_file` and `onnx` and states
+where a request's time goes on the server (its own median decode / queue / inference times, from
+each reply's `timings`) and how much of the 2 cores the load generator itself used (its process's CPU
+seconds over the run's wall seconds). A torch.profiler breakdown of Detector.canvas_pass (900 px,
+batch 8) gives each stage's share. Fit time: each shared set's fit from bench/results/accuracy.json
+(ours: `fit_calibrated` and its phases; anomalib PaDiM and PatchCore: `Engine.fit`), plus the time of the export a fit
 writes beside the artifact, measured here on each bench/work/accuracy_<set>.safetensors (the
 same call and 16 validation images as `sae-inspect fit`). Writes bench/results/cost.{json,md}.
 Run it on a quiet machine: ratios taken under load swing by a factor of two.
@@ -180,6 +184,7 @@ def main() -> None:
     onnx_file = a.model.with_suffix(".onnx")
     portable = PortableDetector(onnx_file)
     stages["onnx"] = lambda name, bs: len(portable.inspect(pictures[name][:bs]))
+    stages["onnx_file"] = lambda name, bs: len(portable.inspect([portable.decode(b) for b in data[name][:bs]]))
     try:
         import openvino
 
@@ -200,10 +205,14 @@ def main() -> None:
                             samples.setdefault(f"{name}|{bs}|{stage}", []).append(
                                 rate(lambda fn=fn, name=name, bs=bs: fn(name, bs), a.seconds))
                         conc = 1 if bs == 1 else 8
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         replies = asyncio.run(load(url, "line", data[name], conc, a.seconds * 2))
-                        row = summary(replies, time.perf_counter() - t0, conc)
+                        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                        row = summary(replies, wall, conc)
                         samples.setdefault(f"{name}|{bs}|http", []).append(row["images_per_s"])
+                        samples.setdefault(f"{name}|{bs}|http_client_cores", []).append(cpu / wall)
+                        for k, v in row["server_median"].items():
+                            samples.setdefault(f"{name}|{bs}|http_server_{k}", []).append(v)
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     breakdown = profile(det, canvases["900x900 part"][:8])
@@ -234,6 +243,21 @@ def main() -> None:
                      if f"{name}|{bs}|{s}" in med else "-"
                      for s in ("maps", "inspect", "file", "http", "onnx", "openvino")]
             lines.append(f"| {name} | {bs} | {b:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "The service (http) against the same runtime in process: `ONNX Runtime decode + inspect` "
+              "decodes the PNG and inspects in one process, as the service does per request; server times are "
+              "the replies' own medians (ms per request; inference = the whole micro-batch's); load generator = "
+              "the client process's CPU use in cores, on the same 2 cores as the server", "",
+              "| image | concurrency | http | ONNX Runtime decode + inspect | http / that | http / ONNX Runtime "
+              "inspect | server decode ms | server queue ms | server inference ms (batch) | load generator cores |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in SIZES:
+        for bs in (1, 8):
+            h, f, o = (med[f"{name}|{bs}|{k}"] for k in ("http", "onnx_file", "onnx"))
+            sv = {k: med.get(f"{name}|{bs}|http_server_{k}", float("nan"))
+                  for k in ("decode_ms", "queue_ms", "inference_ms", "batch_size")}
+            lines.append(f"| {name} | {1 if bs == 1 else 8} | {h:.1f} | {f:.1f} | {h / f:.2f} | {h / o:.2f} | "
+                         f"{sv['decode_ms']:.1f} | {sv['queue_ms']:.1f} | {sv['inference_ms']:.0f} "
+                         f"({sv['batch_size']:.0f}) | {med[f'{name}|{bs}|http_client_cores']:.2f} |")
     total = sum(breakdown.values())
     lines += ["", "Where `Detector.canvas_pass` spends its time (900 x 900 part, batch 8, torch.profiler, ms per "
               "batch): " + ", ".join(f"{k[:-3]} {v:.1f} ({v / total:.0%})" for k, v in breakdown.items())]

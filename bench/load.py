@@ -16,6 +16,8 @@ class Reply(NamedTuple):
     version: str | None
     """The model version that answered (200 only), or the transport error."""
     seconds: float
+    server_ms: dict | None = None
+    """The service's own `timings` of a 200 reply (decode, queue, inference, total; batch size)."""
 
 
 async def load(url: str, model: str, payloads: list[bytes], concurrency: int, seconds: float,
@@ -32,8 +34,9 @@ async def load(url: str, model: str, payloads: list[bytes], concurrency: int, se
                 try:
                     r = await c.post(f"/v1/models/{model}/inspect", content=payloads[k % len(payloads)],
                                      headers={"content-type": content_type})
-                    version = r.json().get("model_version") if r.status_code == 200 else None
-                    replies.append(Reply(r.status_code, version, time.perf_counter() - t0))
+                    body = r.json() if r.status_code == 200 else {}
+                    replies.append(Reply(r.status_code, body.get("model_version"), time.perf_counter() - t0,
+                                         body.get("timings")))
                 except httpx.HTTPError as e:
                     replies.append(Reply(0, repr(e), time.perf_counter() - t0))
                 k += concurrency
@@ -49,6 +52,10 @@ def summary(replies: list[Reply], elapsed: float, concurrency: int) -> dict:
         codes[r.status] = codes.get(r.status, 0) + 1
     ok = codes.get(200, 0)
     lat = np.array([r.seconds for r in replies]) * 1000 if replies else np.zeros(1)
+    timed = [r.server_ms for r in replies if r.server_ms]
+    server = {k: float(np.median([t[k] for t in timed])) for k in ("decode_ms", "queue_ms", "inference_ms",
+                                                                    "total_ms", "batch_size")} if timed else {}
     return {"concurrency": concurrency, "seconds": elapsed, "requests": len(replies), "ok": ok,
             "status_counts": codes, "images_per_s": ok / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "server_median": server}
