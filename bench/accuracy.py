@@ -72,6 +72,13 @@ def _metrics(detector, data: Path) -> dict:
     return {k: m.get(k) for k in METRICS}
 
 
+def recalibrated(detector, cal_paths: list[Path]):
+    """The detector with its threshold calibrated again on `cal_paths` (after its scoring changed)."""
+    from training.calibrate import CalibrationConfig, calibrate
+
+    return detector.replace(calibration=calibrate(detector, cal_paths, CalibrationConfig()))
+
+
 def throughput(detectors: dict, canvases: np.ndarray, rounds: int = 4, seconds: float = 3.0) -> dict:
     """Images/s of canvas_maps at batch 1 for each detector, interleaved in `rounds` rounds."""
     counts = {k: [0, 0.0] for k in detectors}
@@ -94,7 +101,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
     from models.config import ModelConfig
     from models.detector import Detector
     from models.preprocess import make_canvases
-    from training.calibrate import CalibrationConfig, calibrate, split_images
+    from training.calibrate import CalibrationConfig, split_images
     from training.data import good_images, mvtec_test_set
     from training.pipeline import fit_calibrated
 
@@ -127,8 +134,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
         if variants[label].config.scoring == det.config.scoring:
             rows[key] = {**rows[f"{name}|{DEFAULT}"], "method": f"ablation: {label}"}
         else:
-            v = variants[label].replace(calibration=calibrate(variants[label], cal_paths, CalibrationConfig()))
-            variants[label] = v
+            v = variants[label] = recalibrated(variants[label], cal_paths)
             rows[key] = {"dataset": name, "method": f"ablation: {label}", **_metrics(v, data)}
         save()
     key = f"{name}|throughput"

@@ -19,14 +19,14 @@ import json
 
 import torch
 
-from bench.accuracy import DATASETS, RESULTS, WORK, _metrics
+from bench.accuracy import DATASETS, RESULTS, WORK, _metrics, recalibrated
 from bench.feature_cache import cached_backbones
 from bench.fit_eval import machine
 
 
 def main() -> None:
     from models.detector import Detector
-    from training.calibrate import CalibrationConfig, calibrate, split_images
+    from training.calibrate import CalibrationConfig, split_images
     from training.data import good_images
 
     p = argparse.ArgumentParser()
@@ -46,14 +46,12 @@ def main() -> None:
                     "sqrt(spread^2 + median^2)": (s.err_std.pow(2) + med**2).sqrt(),
                     "one global spread (mean only)": torch.full_like(s.err_std, float(spread))}
         cal_paths = split_images(good_images([data]), CalibrationConfig()).calibrate
-        raw = det.with_scoring(normalize="none")
         with cached_backbones(WORK / "feature_cache"):
-            raw = raw.replace(calibration=calibrate(raw, cal_paths, CalibrationConfig()))
+            raw = recalibrated(det.with_scoring(normalize="none"), cal_paths)
             rows[f"{name}|raw error (none)"] = _metrics(raw, data)
             for label, std in variants.items():
                 d = det.with_scoring(normalize="position").replace(score_stats=s._replace(err_std=std))
-                d = d.replace(calibration=calibrate(d, cal_paths, CalibrationConfig()))
-                rows[f"{name}|{label}"] = _metrics(d, data)
+                rows[f"{name}|{label}"] = _metrics(recalibrated(d, cal_paths), data)
                 print(name, label, round(rows[f"{name}|{label}"]["image_auroc"], 3), flush=True)
     (RESULTS / "position_std.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     labels = list(dict.fromkeys(k.split("|", 1)[1] for k in rows))
