@@ -61,6 +61,10 @@ VARIANTS = {
     "steps1500": ("SAE 1500 steps", {}, {"steps": 1500}, {}),
     "pool5": ("context: each patch feature averages its 5 x 5 neighbourhood (pool 5, default 3)",
               {"scoring": {"pool": 5}}, {}, {}),
+    "context7": ("learned context: each patch feature followed by its 7 x 7 neighbourhood mean, rebuilt by the SAE",
+                 {"scoring": {"context": 7}}, {}, {}),
+    "context5_x4": ("learned context 5 x 5, SAE expansion 4 (the default's 1216 atoms for twice the dimensions)",
+                    {"scoring": {"context": 5}, "sae": {"expansion": 4}}, {}, {}),
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
@@ -154,7 +158,7 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
     import torch
 
     from bench.feature_cache import cached_backbones
-    from models.config import ModelConfig
+    from models.config import NORMALIZE_CHOICES, ModelConfig
     from training.calibrate import CalibrationConfig
     from training.data import good_images
     from training.fit import FitConfig
@@ -176,6 +180,10 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
                      "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
                      "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),
                      "fit_profile_s_cached": det.meta.get("fit_profile_s"), **_metrics(det, data)}
+        # what each candidate scoring gives on the test split (image AUROC needs no threshold): was the choice right?
+        rows[key]["test_auroc_by_scoring"] = {
+            n: rows[key]["image_auroc"] if n == det.config.scoring.normalize
+            else _metrics(det.with_scoring(normalize=n), data)["image_auroc"] for n in NORMALIZE_CHOICES}
     rows[key]["feature_cache"] = dict(counts)
     save()
 

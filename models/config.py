@@ -123,6 +123,10 @@ NORMALIZE_CHOICES = ("none", "position", "position_novelty")
 class ScoringConfig:
     pool: int = 3
     """Neighbourhood (pool x pool average) aggregated into each patch feature."""
+    context: int = 0
+    """0: a patch feature is the patch alone. An odd c >= 3: the feature is followed by the mean of its
+    c x c neighbourhood (twice the dimensions), so the SAE has to rebuild a patch together with its
+    surroundings and a patch that is normal alone but not where it sits costs error."""
     sigma: float = 4.0
     """Gaussian smoothing of the anomaly map, in canvas pixels."""
     image_score: str = "top_mean"
@@ -142,6 +146,8 @@ class ScoringConfig:
             raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES + ('auto',)}, got {self.normalize!r}")
         if self.pool < 1 or self.pool % 2 == 0:
             raise ValueError(f"pool must be an odd positive integer, got {self.pool}")
+        if self.context != 0 and (self.context < 3 or self.context % 2 == 0):
+            raise ValueError(f"context must be 0 or an odd integer >= 3, got {self.context}")
         if self.sigma < 0:
             raise ValueError("sigma must be >= 0")
         if self.image_score not in ("max", "top_mean"):
@@ -149,6 +155,10 @@ class ScoringConfig:
         if not 0 < self.top_fraction <= 1:
             raise ValueError("top_fraction must be in (0, 1]")
 
+
+ADDED_LATER: dict[str, dict[str, Any]] = {"ScoringConfig": {"context": 0}}
+"""Config fields newer than some artifacts, each with the one value under which the older build computed
+exactly what it did (no context): an artifact without the field loads as what it was, never as a guess."""
 
 PRECISION = "fp32"
 """The precision every runtime computes in: fit, calibration, PyTorch CPU/CUDA serving and the ONNX graph.
@@ -170,6 +180,8 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         def build(kind: type, values: dict[str, Any]) -> Any:
             names = {f.name for f in dataclasses.fields(kind)}
+            # fields added after an artifact was written, with the value that computes what it computed then
+            values = {**ADDED_LATER.get(kind.__name__, {}), **values}
             unknown, missing = set(values) - names, names - set(values)
             if unknown or missing:  # never guess a setting the artifact does not state
                 raise ValueError(f"{kind.__name__} fields unknown: {sorted(unknown)}, missing: {sorted(missing)}")

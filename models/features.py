@@ -34,8 +34,10 @@ def to_batch(canvases: np.ndarray, mean: tuple[float, ...], std: tuple[float, ..
                               torch.tensor(std, device=x.device).view(1, 3, 1, 1))
 
 
-def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
-    """List of (N, C_i, H_i, W_i), finest first -> (N, sum C_i, H_0, W_0) float32."""
+def patch_features(maps: list[torch.Tensor], pool: int, context: int = 0) -> torch.Tensor:
+    """List of (N, C_i, H_i, W_i), finest first -> (N, sum C_i, H_0, W_0) float32, or with `context` > 1
+    (N, 2 sum C_i, H_0, W_0): each patch's vector followed by the mean of its context x context
+    neighbourhood, so the SAE learns which patches go with which surroundings."""
     size = maps[0].shape[-2:]
     out = []
     for m in maps:
@@ -45,20 +47,23 @@ def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
         if m.shape[-2:] != size:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
         out.append(m)
-    return torch.cat(out, dim=1)
+    f = torch.cat(out, dim=1)
+    if context > 1:
+        f = torch.cat([f, F.avg_pool2d(f, context, stride=1, padding=context // 2, count_include_pad=False)], 1)
+    return f
 
 
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
-                     std: tuple[float, ...], pool: int, device: torch.device) -> torch.Tensor:
+                     std: tuple[float, ...], pool: int, device: torch.device, context: int = 0) -> torch.Tensor:
     """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (fp32 on every device: see models.config.PRECISION)."""
-    return backbone_features(backbone, to_batch(canvases, mean, std, device), pool)
+    return backbone_features(backbone, to_batch(canvases, mean, std, device), pool, context)
 
 
-def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int) -> torch.Tensor:
+def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int, context: int = 0) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> raw (N, h, w, C) patch features, in fp32 on every device."""
     with record_function("backbone"):
         maps = backbone(x)
-    return patch_features(maps, pool).permute(0, 2, 3, 1)
+    return patch_features(maps, pool, context).permute(0, 2, 3, 1)
 
 
 def standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

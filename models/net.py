@@ -66,7 +66,7 @@ class ScoringNet(nn.Module):
                  sae: TopKSAE, stats: ScoreStats | None):
         super().__init__()
         self.backbone, self.sae = backbone, sae
-        self.normalize, self.pool = config.scoring.normalize, config.scoring.pool
+        self.normalize, self.pool, self.context = config.scoring.normalize, config.scoring.pool, config.scoring.context
         device = feat_mean.device
         self.register_buffer("mean", torch.tensor(config.backbone.mean, device=device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.backbone.std, device=device).view(1, 3, 1, 1))
@@ -81,7 +81,8 @@ class ScoringNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, S, S, 3) canvases -> standardised (N, h, w, C) patch features."""
-        f = backbone_features(self.backbone, normalize_canvases(x, self.mean, self.std), self.pool)
+        f = backbone_features(self.backbone, normalize_canvases(x, self.mean, self.std), self.pool,
+                              self.context)
         return standardize(f, self.feat_mean, self.feat_std)
 
     def score_maps(self, err: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,

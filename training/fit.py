@@ -131,7 +131,7 @@ def extract_reservoir(backbone: Backbone, config: ModelConfig, paths: Sequence[P
         n_clean = sum(len(c) for c in pending)
         bad = [c for c, _, _ in pending_bad]
         feats = extract_features(backbone, np.concatenate(pending + bad), bb.mean, bb.std,
-                                 config.scoring.pool, device).float().cpu().numpy()
+                                 config.scoring.pool, device, config.scoring.context).float().cpu().numpy()
         feats, bad_feats = feats[:n_clean], feats[n_clean:]
         if pending_bad:
             clean_rows = np.concatenate([feats[start : start + len(c)][cells] for c, start, cells in pending_bad])

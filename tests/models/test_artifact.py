@@ -79,3 +79,21 @@ def test_failed_write_leaves_existing_file_intact(artifact, tmp_path, monkeypatc
         save_artifact(target, cfg, meta, tensors)
     assert target.read_bytes() == artifact.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]  # no temp file left behind
+
+
+def test_artifact_written_before_the_context_setting_loads_as_it_scored(artifact, detector, dataset, tmp_path):
+    """An artifact whose config predates `scoring.context` loads with context 0 (what it computed then),
+    scores bit-identically, and a config missing any other field is still refused."""
+    cfg, meta, tensors = load_artifact(artifact)
+    older = json.loads(json.dumps(cfg))
+    del older["scoring"]["context"]
+    path = tmp_path / "older.safetensors"
+    save_artifact(path, older, meta, tensors)
+    loaded = Detector.from_artifact(path, "cpu")
+    assert loaded.config.scoring.context == 0
+    images = [detector.read(p) for p in list_images(dataset / "test")[:4]]
+    assert _scores(loaded, images) == _scores(detector, images)
+    del older["scoring"]["sigma"]
+    save_artifact(path, older, meta, tensors)
+    with pytest.raises(ArtifactError, match="sigma"):
+        Detector.from_artifact(path, "cpu")
