@@ -45,7 +45,7 @@ MODEL_FLAGS = {  # flag -> (config section, field)
     "mode": ("preprocess", "mode"), "size": ("preprocess", "size"), "margin": ("preprocess", "margin"),
     "tile_scale": ("preprocess", "tile_scale"), "overlap": ("preprocess", "overlap"),
     "expansion": ("sae", "expansion"), "k": ("sae", "k"),
-    "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"),
+    "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"), "context": ("scoring", "context"),
 }
 _SECTIONS = {"backbone": BackboneConfig, "preprocess": PreprocessConfig, "sae": SAEConfig, "scoring": ScoringConfig}
 
@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--k", type=int, help=f"default {SAEConfig.k}")
     m.add_argument("--sigma", type=float, help=f"default {ScoringConfig.sigma}")
     m.add_argument("--image-score", choices=["max", "top_mean"], help=f"default {ScoringConfig.image_score}")
+    m.add_argument("--context", type=int, help="learned context: odd window c >= 3 whose mean follows each "
+                   "patch feature (twice the SAE input; measured in bench/results/accuracy.md), "
+                   f"default {ScoringConfig.context}")
     f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
     f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
                    help=f"default {FitConfig.max_patches}")

@@ -186,3 +186,10 @@ def test_fit_with_labelled_defects_reports_f1_threshold_beside_conformal(small_d
     assert {"threshold", "f1", "precision", "recall"} <= set(report)
     cal = det.calibration  # the decision rule stays the conformal threshold, not the F1-optimal one
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), 0.2)
+
+
+def test_fit_refuses_a_context_window_it_cannot_build(small_data, tmp_path, capsys):
+    out = tmp_path / "ctx.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--context", "4", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "context must be 0 or an odd integer" in err[0] and not out.exists()
