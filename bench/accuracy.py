@@ -65,6 +65,8 @@ VARIANTS = {
                  {"scoring": {"context": 7}}, {}, {}),
     "context5_x4": ("learned context 5 x 5, SAE expansion 4 (the default's 1216 atoms for twice the dimensions)",
                     {"scoring": {"context": 5}, "sae": {"expansion": 4}}, {}, {}),
+    "context7_repair": ("learned context 7 x 7 with a repair-trained SAE (repair 0.5)",
+                        {"scoring": {"context": 7}}, {"repair": 0.5}, {}),
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
