@@ -120,8 +120,8 @@ class PortableDetector(Scorer):
         self._explainer_lock = threading.Lock()
         options = ort.SessionOptions()
         # Intra-op threads sleep between runs instead of spinning: in the service, a spinning pool takes the
-        # cores the event loop and decoding need (HTTP at concurrency 8: +5 %); alone it costs nothing
-        # (inspect at batch 1 and 8, 256 px and 900 x 900: within 1 %).
+        # cores the event loop and decoding need (HTTP at concurrency 8: +5 to +17 % together with the async
+        # dependencies of service.routes); alone it costs nothing (inspect at batch 1 and 8: within 1 %).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(data, options, providers=providers or ["CPUExecutionProvider"])
 
