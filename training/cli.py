@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models.artifact import ArtifactError
 from models.backbone import BackboneError
-from models.config import BackboneConfig, ModelConfig, PreprocessConfig, SAEConfig, ScoringConfig
+from models.config import NORMALIZE_CHOICES, BackboneConfig, ModelConfig, PreprocessConfig, SAEConfig, ScoringConfig
 from models.detector import Detector, resolve_device
 from models.imageio import ImageDecodeError
 from training import __version__
@@ -46,6 +46,7 @@ MODEL_FLAGS = {  # flag -> (config section, field)
     "tile_scale": ("preprocess", "tile_scale"), "overlap": ("preprocess", "overlap"),
     "expansion": ("sae", "expansion"), "k": ("sae", "k"),
     "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"), "context": ("scoring", "context"),
+    "normalize": ("scoring", "normalize"),
 }
 _SECTIONS = {"backbone": BackboneConfig, "preprocess": PreprocessConfig, "sae": SAEConfig, "scoring": ScoringConfig}
 
@@ -252,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--k", type=int, help=f"default {SAEConfig.k}")
     m.add_argument("--sigma", type=float, help=f"default {ScoringConfig.sigma}")
     m.add_argument("--image-score", choices=["max", "top_mean"], help=f"default {ScoringConfig.image_score}")
+    m.add_argument("--normalize", choices=[*NORMALIZE_CHOICES, "auto"],
+                   help="patch score: 'auto' (chosen on held-out good images with synthetic defects), 'none' (the "
+                   "raw error: for parts placed freely, whose image positions do not show the same part of the "
+                   "product each time), 'position' or 'position_novelty' (parts held in a fixed pose); "
+                   f"default {ScoringConfig.normalize}")
     m.add_argument("--context", type=int, help="learned context: odd window c >= 3 whose mean follows each "
                    "patch feature (twice the SAE input; measured in bench/results/accuracy.md), "
                    f"default {ScoringConfig.context}")

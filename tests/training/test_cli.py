@@ -117,7 +117,8 @@ def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp
     assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(fitted), *FAST]) == 2
 
 
-@pytest.mark.parametrize("flag", [["--k", "4"], ["--size", "320"], ["--backbone", "resnet18"], ["--stages", "1", "2"]])
+@pytest.mark.parametrize("flag", [["--k", "4"], ["--size", "320"], ["--backbone", "resnet18"], ["--stages", "1", "2"],
+                                  ["--normalize", "none"]])
 def test_init_with_a_model_shaping_flag_is_a_one_line_error(fitted, small_data, tmp_path, capsys, flag):
     out = tmp_path / "m3.safetensors"
     assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(out), *flag, *FAST]) == 2
@@ -193,3 +194,15 @@ def test_fit_refuses_a_context_window_it_cannot_build(small_data, tmp_path, caps
     assert main(["fit", str(small_data), "--out", str(out), "--context", "4", *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "context must be 0 or an odd integer" in err[0] and not out.exists()
+
+
+def test_fit_takes_the_engineers_scoring_instead_of_choosing(fitted, small_data, tmp_path):
+    """--normalize none (parts placed freely: good images cannot tell, bench/results/selection_transfer.md): the fit
+    keeps the raw error, holds no image out to choose, and its metadata carries no selection table."""
+    auto = Detector.from_artifact(fitted, "cpu")
+    assert "scoring_selection" in auto.meta and auto.meta["n_selection_images"] > 0
+    out = tmp_path / "raw.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--normalize", "none", *FAST]) == 0
+    det = Detector.from_artifact(out, "cpu")
+    assert det.config.scoring.normalize == "none"
+    assert "scoring_selection" not in det.meta and det.meta["n_selection_images"] == 0
