@@ -53,6 +53,9 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
         choice, table = select_normalization(det, split.select, seed=fit_cfg.seed)
         det = det.with_scoring(normalize=choice)
         det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice, **table}})
+        if choice != "none":  # no good-image test read free pose reliably (bench/results/selection_transfer.md)
+            log.info("scoring %s assumes each image position shows the same part of the product; for parts placed "
+                     "freely, fit with --normalize none", choice)
     profile["selection"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     calibration = calibrate(det, cal_paths, cal_cfg)
