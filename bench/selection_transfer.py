@@ -1,9 +1,9 @@
 """Can good images alone tell that per-position scoring will not transfer to new parts?
 
-On ``tire`` (free pose) position-normalised scores separate synthetic defects on held-out good images as
-well as the raw error does, yet on new tyres (test/good) they raise 88 % false alarms at alpha 0.01 where
+On ``tire`` (free pose) position-normalised scores separate synthetic defects on held-out good images at
+least as well as the raw error does, yet on new tyres (test/good) they raise 88 % false alarms at alpha 0.01 where
 the raw error raises 4 %. This benchmark measures, for each candidate scoring of each shared set's default
-model (``bench/work/accuracy_<set>.safetensors``, written by ``python -m bench.accuracy``), three
+model (``bench/work/accuracy_<set>.safetensors``, written by ``python -m bench.accuracy``), five
 good-image-only signals a fit could compute on its held-out selection split, beside what happened on
 test/good:
 
