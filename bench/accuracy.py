@@ -45,6 +45,8 @@ ABLATION = [("raw error, map max (first build)", "none", "max"),
             ("position z, top-1% mean", "position", "top_mean"),
             ("position z + latent novelty, top-1% mean", "position_novelty", "top_mean"),
             ("position z + latent novelty, map max", "position_novelty", "max")]
+SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_mean"}
+"""Each candidate scoring -> the ablation row holding its test metrics on the default model."""
 # anomalib's greedy coreset over ~0.1-0.8 M patches takes 10-30 min per set on 2 cores: capped (see
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
@@ -284,14 +286,12 @@ def summary_table(rows: dict, datasets: list[str]) -> list[str]:
 
 def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     """Did the fit's scoring choice (good images only) pick what the real test split rewards?"""
-    cands = {"none": "raw error, top-1% mean", "position": "position z, top-1% mean",
-             "position_novelty": "position z + latent novelty, top-1% mean"}
     out = ["### The scoring choice against the test split", "",
            "| set | chosen (selection split, synthetic defects) | test image AUROC none / position / "
            "position_novelty | best in hindsight | chosen minus best |", "|---|---|---|---|---|"]
     for ds in datasets:
         d = rows.get(f"{ds}|{DEFAULT}")
-        aucs = {c: rows.get(f"{ds}|ablation: {lab}", {}).get("image_auroc") for c, lab in cands.items()}
+        aucs = {c: rows.get(f"{ds}|ablation: {lab}", {}).get("image_auroc") for c, lab in SCORING_ROWS.items()}
         if d is None or None in aucs.values():
             continue
         best = max(aucs, key=aucs.get)
@@ -307,9 +307,6 @@ SEED_FAMILIES = {"default": {0: DEFAULT, 1: "seed1", 2: "seed2"},
 
 def seed_table(rows: dict, datasets: list[str]) -> list[str]:
     """Fits over several seeds: what each chose, and the test AUROC of every fixed scoring where recorded."""
-    cands = ("none", "position", "position_novelty")
-    labels = {"none": "raw error, top-1% mean", "position": "position z, top-1% mean",
-              "position_novelty": "position z + latent novelty, top-1% mean"}
     out = ["### The default over fit seeds", "", "Each seed draws the patch sample, the SAE's start and batches and "
            "the selection's synthetic defects (same data split). Mean image AUROC over the sets; last column: the "
            "choice with the raw error kept wherever a position score was chosen on `tire` (free pose).", "",
@@ -323,7 +320,8 @@ def seed_table(rows: dict, datasets: list[str]) -> list[str]:
             if None in got:
                 continue
             if method == DEFAULT:  # the ablation rows hold each scoring's test AUROC of the default model
-                by = [{c: rows[f"{ds}|ablation: {labels[c]}"]["image_auroc"] for c in cands} for ds in datasets]
+                by = [{c: rows[f"{ds}|ablation: {lab}"]["image_auroc"] for c, lab in SCORING_ROWS.items()}
+                      for ds in datasets]
             else:
                 by = [r.get("test_auroc_by_scoring") for r in got]
             chosen = [r["chosen"] for r in got]
@@ -331,7 +329,7 @@ def seed_table(rows: dict, datasets: list[str]) -> list[str]:
             if None in by:
                 row += [None] * 4
             else:
-                row += [np.mean([b[c] for b in by]) for c in cands]
+                row += [np.mean([b[c] for b in by]) for c in SCORING_ROWS]
                 row.append(np.mean([b["none" if ds == "tire" else c]
                                     for b, c, ds in zip(by, chosen, datasets, strict=True)]))
             means.append(row)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.accuracy import SCORING_ROWS
 from bench.fit_eval import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def feature_position_r2(det, paths: list[Path]) -> float:
     return (r2(*halves) + r2(*halves[::-1])) / 2
 
 
-def cross_fitted(det, split, data: Path) -> dict:
-    """``position`` with its error statistics fitted on the selection images: test AUROC and false alarms."""
+def cross_fitted(det, select: list, split, data: Path) -> dict:
+    """``position`` with its error statistics fitted on the selection pictures: test AUROC and false alarms."""
     import torch
 
     from models.preprocess import make_canvases, valid_cells
@@ -96,8 +97,8 @@ def cross_fitted(det, split, data: Path) -> dict:
     n = det.grid.cells
     rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     values, cells = [], []
-    for p in split.select:
-        canvases, layout = make_canvases(det.read(p), det.config.preprocess)
+    for pic in select:
+        canvases, layout = make_canvases(pic, det.config.preprocess)
         err, v = det.canvas_pass(canvases).err, torch.as_tensor(valid_cells(layout, det.grid))
         for b in range(len(err)):
             values.append(err[b][v[b]])
@@ -145,7 +146,7 @@ def run(data: Path) -> dict:
 
     return {"dataset": data.name, "in_sample_gap": apart("fit", "select"), "position_structure_left": struct,
             "features_explained_by_position": feature_position_r2(det, split.fit[:: max(1, len(split.fit) // 96)][:96]),
-            "cross_fitted_position": cross_fitted(det, split, data),
+            "cross_fitted_position": cross_fitted(det, sets["select"], split, data),
             **{f"shift_{f}": apart(f"centred_{f}", f"shifted_{f}") for f in SHIFTS},
             "test_good_vs_select": apart("select", "test_good"), "n": {k: len(v) for k, v in sets.items()}}
 
@@ -163,8 +164,7 @@ def table(rows: dict) -> str:
            "AUROC (false alarms on test/good), accuracy.json | position, statistics cross-fitted on held-out images |",
            "|---|" + "---|" * (len(cols) + 3)]
     for r in rows.values():
-        t = [acc.get(f"{r['dataset']}|ablation: {lab}", {}) for lab in (
-            "raw error, top-1% mean", "position z, top-1% mean", "position z + latent novelty, top-1% mean")]
+        t = [acc.get(f"{r['dataset']}|ablation: {SCORING_ROWS[c]}", {}) for c in cands]
         truth = " / ".join(f"{v['image_auroc']:.3f} ({v['false_alarm_rate']:.2f})" if v else "-" for v in t)
         cf = r["cross_fitted_position"]
         out.append(f"| {r['dataset']} | " + " | ".join(" / ".join(f"{r[k][c]:.3f}" for c in cands) for k, _ in cols)
