@@ -166,6 +166,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
                      "model_bytes": model.stat().st_size, "chosen": det.config.scoring.normalize,
                      "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
                      "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),
+                     "selection_pose_jitter": det.meta["scoring_selection"].get("pose_jitter"),
                      **_metrics(det, data)}
         save()
     det = Detector.from_artifact(model, "cpu")
@@ -222,6 +223,7 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
         rows[key] = {"dataset": data.name, "method": f"variant: {label}", "chosen": det.config.scoring.normalize,
                      "selection": chose.get("auroc_on_synthetic_defects"),
                      "selection_lead_lower_bound": chose.get("lead_lower_bound_95"),
+                     "selection_pose_jitter": chose.get("pose_jitter"),
                      "fit_profile_s_cached": det.meta.get("fit_profile_s"), **_metrics(det, data)}
         rows[key]["test_auroc_by_scoring"] = test_auroc_by_scoring(det, data)  # was the choice right?
     rows[key]["feature_cache"] = dict(counts)
@@ -260,8 +262,19 @@ def _f(v, fmt: str = ".3f") -> str:
 def _selection_line(d: dict) -> str:
     sel, low = d.get("selection") or {}, d.get("selection_lead_lower_bound") or {}
     cells = [f"{k} {v:.3f}" + (f" (lead >= {low[k]:+.3f})" if k in low else "") for k, v in sel.items()]
-    return (f"Default chose `normalize={d.get('chosen')}` on held-out good selection images with synthetic "
+    moved = f", each also moved by a {d['selection_pose_jitter']:.0%} pose jitter," if _jittered(d) else ""
+    return (f"Default chose `normalize={d.get('chosen')}` on held-out good selection images{moved} with synthetic "
             f"defects (AUROC, and the 95 % lower bound of the lead over `none`: " + ", ".join(cells) + ").")
+
+
+def _jittered(row: dict) -> bool:
+    """Whether the row's scoring choice counted pose-jittered copies of the selection images as good."""
+    return bool(row.get("selection_pose_jitter"))
+
+
+def _mark(row: dict) -> str:
+    """' †' on a row whose fit chose its scoring by the rule before the pose jitter (training/select.py)."""
+    return " †" if row.get("selection") and not _jittered(row) else ""
 
 
 def summary_table(rows: dict, datasets: list[str]) -> list[str]:
@@ -278,7 +291,8 @@ def summary_table(rows: dict, datasets: list[str]) -> list[str]:
             vals = [g.get(col) if g else None for g in got]
             return None if any(v is None for v in vals) else float(np.mean(vals))
 
-        out.append(f"| {m} | " + " | ".join(_f(g.get("image_auroc")) if g else "-" for g in got)
+        mark = " †" if any(g and _mark(g) for g in got) else ""
+        out.append(f"| {m}{mark} | " + " | ".join(_f(g.get("image_auroc")) if g else "-" for g in got)
                    + f" | {_f(mean('image_auroc'))} | {_f(mean('aupro_30'))} | {_f(mean('recall'))} | "
                    f"{_f(mean('false_alarm_rate'))} |")
     return [*out, ""]
@@ -308,8 +322,9 @@ SEED_FAMILIES = {"default": {0: DEFAULT, 1: "seed1", 2: "seed2"},
 def seed_table(rows: dict, datasets: list[str]) -> list[str]:
     """Fits over several seeds: what each chose, and the test AUROC of every fixed scoring where recorded."""
     out = ["### The default over fit seeds", "", "Each seed draws the patch sample, the SAE's start and batches and "
-           "the selection's synthetic defects (same data split). Mean image AUROC over the sets; last column: the "
-           "choice with the raw error kept wherever a position score was chosen on `tire` (free pose).", "",
+           "the selection's synthetic defects and pose jitter (same data split). Mean image AUROC over the sets; "
+           "last column: the choice with the raw error kept wherever a position score was chosen on `tire` "
+           "(free pose).", "",
            "| fit | seed | chosen per set | the choice | none | position | position_novelty "
            "| the choice, raw error on tire |", "|---|---|---|---|---|---|---|---|"]
     for family, seeds in SEED_FAMILIES.items():
@@ -352,7 +367,9 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
            "(split, features, SAE, scoring choice, calibration; no export), anomalib = `Engine.fit`. "
            f"PatchCore's k-center greedy coreset is capped at {CORESET_SECONDS} s (the same greedy with a faster "
            "distance update, stopped early: `bench/anomalib_worker.py`); each set's note says how many centres "
-           "it reached of the 1 % asked for.", "", "### Summary", "", *summary_table(rows, datasets)]
+           "it reached of the 1 % asked for. Rows marked † chose their scoring by the earlier rule, before each "
+           "held-out selection image also counted as good moved by a 1 % pose jitter (`training/select.py`); their "
+           "choice may differ under the current one.", "", "### Summary", "", *summary_table(rows, datasets)]
     methods = ([DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"ablation: {a[0]}" for a in ABLATION]
                + [f"variant: {v[0]}" for v in VARIANTS.values()])
     for ds in datasets:
@@ -370,7 +387,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
         for m in methods:
             if m in got:
                 fit_s = got[m].get("fit_seconds")  # ablations refit nothing; variants read cached features
-                chosen = f" (chose {got[m]['chosen']})" if m.startswith("variant") else ""
+                chosen = f" (chose {got[m]['chosen']}{_mark(got[m])})" if m.startswith("variant") else ""
                 out.append(f"| {m}{chosen} | " + " | ".join(_f(got[m].get(c)) for c in cols)
                            + f" | {_f(None if m.startswith(('ablation', 'variant')) else fit_s, '.0f')} |")
         t = got.get("throughput")

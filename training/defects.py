@@ -1,6 +1,7 @@
 """Synthetic defects on good images: a patch cut from elsewhere and pasted, a darker or brighter blob,
 or a thin scratch. The scoring choice (``training.select``) measures candidates on them; repair training
-(``training.fit``) teaches the SAE to map their features back to the clean ones."""
+(``training.fit``) teaches the SAE to map their features back to the clean ones. A pose jitter is the
+opposite: a change a good part goes through on any line, which a score should not flag."""
 
 from __future__ import annotations
 
@@ -74,3 +75,16 @@ def synthetic_defect(rng: np.random.Generator, img: np.ndarray, kind: str,
     else:
         raise ValueError(f"unknown synthetic defect {kind!r}, choose from {SYNTHETIC_KINDS}")
     return out.astype(np.float32), mask > 0
+
+
+def pose_jitter(rng: np.random.Generator, img: np.ndarray, frac: float) -> np.ndarray:
+    """(H, W, C) image -> the same part moved slightly, as a fixture or a free-pose line moves it between
+    shots: a crop whose border is ``r = round(frac x the long side)`` pixels, offset by r in a random
+    direction (a shift of r and a zoom of about 2r / side). A good part moved this much is still good."""
+    h, w = img.shape[:2]
+    r = max(1, round(frac * max(h, w)))
+    if h <= 2 * r + 1 or w <= 2 * r + 1:
+        raise ValueError(f"image {h}x{w} too small for a pose jitter of {frac:.0%}")
+    a = rng.uniform(0, 2 * np.pi)
+    dy, dx = round(r * np.sin(a)), round(r * np.cos(a))
+    return img[r + dy : h - r + dy, r + dx : w - r + dx]

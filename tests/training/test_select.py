@@ -9,6 +9,7 @@ from models.imageio import list_images
 from models.synthetic import write_dataset
 from tests.conftest import FAST_FIT
 from training.calibrate import CalibrationConfig, split_images
+from training.defects import pose_jitter
 from training.fit import fit_detector
 from training.select import paired_auroc, select_normalization
 
@@ -36,6 +37,7 @@ def test_free_pose_choice_is_made_on_held_out_images_and_keeps_the_simple_score(
     assert lead["in_sample"] > lead["held_out"]
     # held out, no candidate's lead is significant on a free-pose part: the simple score stays
     assert held_choice == "none" and all(b <= 0 for b in held["lead_lower_bound_95"].values())
+    assert held["pose_jitter"] == 0.01  # every held-out image also counted as good once moved
 
 
 def test_fixed_pose_part_with_position_dependent_texture_gets_a_position_aware_score(tmp_path):
@@ -51,3 +53,17 @@ def test_a_significant_lead_is_taken():
     good = rng.normal(0, 1, 40)
     assert paired_auroc(good, good[:, None] + 5) == 1.0
     assert 0.4 < paired_auroc(good, rng.normal(0, 1, (40, 2))) < 0.6
+    # good versions (n, g): a moved copy scored like a defect halves the separation the still image had
+    assert paired_auroc(np.c_[good, good + 5], good[:, None] + 5) < 0.8
+
+
+def test_pose_jitter_moves_the_picture_by_the_given_share_of_its_long_side():
+    img = np.random.default_rng(0).random((60, 100, 3)).astype(np.float32)
+    for seed in range(8):
+        out = pose_jitter(np.random.default_rng(seed), img, 0.05)  # r = 5 px
+        assert out.shape == (50, 90, 3)
+        shifts = [(dy, dx) for dy in range(-5, 6) for dx in range(-5, 6)
+                  if np.array_equal(out, img[5 + dy : 55 + dy, 5 + dx : 95 + dx])]
+        assert len(shifts) == 1 and 4 <= np.hypot(*shifts[0]) <= 6  # moved by r in some direction
+    with pytest.raises(ValueError, match="too small"):
+        pose_jitter(np.random.default_rng(0), img[:3], 0.5)
