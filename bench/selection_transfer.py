@@ -47,16 +47,16 @@ SHIFTS = (0.01, 0.02)
 
 
 def shifted_crops(pictures: list, frac: float, rng: np.random.Generator) -> tuple[list, list]:
-    """(centred crops, crops shifted by `frac` of the long side in a random direction), same size each."""
+    """(centred crops, the same pictures moved by `frac` of the long side: ``training.defects.pose_jitter``),
+    same size each."""
     from models.preprocess import Picture
+    from training.defects import pose_jitter
 
     ref, moved = [], []
     for p in pictures:
         h, w = p.pixels.shape[:2]
         r = max(1, round(frac * max(h, w)))
-        a = rng.uniform(0, 2 * np.pi)
-        dy, dx = round(r * np.sin(a)), round(r * np.cos(a))
-        c0, c1 = p.pixels[r:h - r, r:w - r], p.pixels[r + dy:h - r + dy, r + dx:w - r + dx]
+        c0, c1 = p.pixels[r:h - r, r:w - r], pose_jitter(rng, p.pixels, frac)
         ref.append(Picture(c0, c0.shape[:2]))
         moved.append(Picture(c1, c1.shape[:2]))
     return ref, moved
