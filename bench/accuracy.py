@@ -163,11 +163,7 @@ def run_ours(data: Path, rows: dict, save) -> None:
         det.save(model)
         rows[key] = {"dataset": name, "method": DEFAULT, "fit_seconds": fit_s, "n_train_images": len(paths),
                      "fit_profile_s": det.meta.get("fit_profile_s"), "n_groups": det.meta.get("n_groups"),
-                     "model_bytes": model.stat().st_size, "chosen": det.config.scoring.normalize,
-                     "selection": det.meta["scoring_selection"].get("auroc_on_synthetic_defects"),
-                     "selection_lead_lower_bound": det.meta["scoring_selection"].get("lead_lower_bound_95"),
-                     "selection_pose_jitter": det.meta["scoring_selection"].get("pose_jitter"),
-                     **_metrics(det, data)}
+                     "model_bytes": model.stat().st_size, **_choice(det), **_metrics(det, data)}
         save()
     det = Detector.from_artifact(model, "cpu")
     cal_paths = split_images(good_images([data]), CalibrationConfig()).calibrate
@@ -195,6 +191,14 @@ def run_ours(data: Path, rows: dict, save) -> None:
         save()
 
 
+def _choice(det) -> dict:
+    """The scoring a fit chose and the selection table it chose from (absent where the fit was told the scoring)."""
+    table = det.meta.get("scoring_selection", {})
+    return {"chosen": det.config.scoring.normalize, "selection": table.get("auroc_on_synthetic_defects"),
+            "selection_lead_lower_bound": table.get("lead_lower_bound_95"),
+            "selection_pose_jitter": table.get("pose_jitter")}
+
+
 def run_variant(data: Path, name: str, rows: dict, save) -> None:
     import dataclasses
 
@@ -219,11 +223,7 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
     with cached_backbones(WORK / "feature_cache") as counts:
         det = fit_calibrated(good_images([data]), config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes),
                              device="cpu", provenance={"version": "bench"})
-        chose = det.meta.get("scoring_selection", {})  # absent where the variant sets the scoring itself
-        rows[key] = {"dataset": data.name, "method": f"variant: {label}", "chosen": det.config.scoring.normalize,
-                     "selection": chose.get("auroc_on_synthetic_defects"),
-                     "selection_lead_lower_bound": chose.get("lead_lower_bound_95"),
-                     "selection_pose_jitter": chose.get("pose_jitter"),
+        rows[key] = {"dataset": data.name, "method": f"variant: {label}", **_choice(det),
                      "fit_profile_s_cached": det.meta.get("fit_profile_s"), **_metrics(det, data)}
         rows[key]["test_auroc_by_scoring"] = test_auroc_by_scoring(det, data)  # was the choice right?
     rows[key]["feature_cache"] = dict(counts)
