@@ -72,6 +72,8 @@ VARIANTS = {
     "seed1": ("the default with fit seed 1 (patch sample, SAE start, synthetic defects; default seed 0)", {},
               {"seed": 1}, {}),
     "seed2": ("the default with fit seed 2", {}, {"seed": 2}, {}),
+    "size384_seed1": ("canvas 384 px, fit seed 1", {"preprocess": {"size": 384}}, {"seed": 1}, {}),
+    "size384_seed2": ("canvas 384 px, fit seed 2", {"preprocess": {"size": 384}}, {"seed": 2}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1", {}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2", {}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
@@ -223,6 +225,7 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
     with cached_backbones(WORK / "feature_cache") as counts:
         det = fit_calibrated(good_images([data]), config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes),
                              device="cpu", provenance={"version": "bench"})
+        det.save(WORK / f"variant_{data.name}_{name}.safetensors")  # kept for bench/size_cost.py
         rows[key] = {"dataset": data.name, "method": f"variant: {label}", **_choice(det),
                      "fit_profile_s_cached": det.meta.get("fit_profile_s"), **_metrics(det, data)}
         rows[key]["test_auroc_by_scoring"] = test_auroc_by_scoring(det, data)  # was the choice right?
@@ -315,7 +318,8 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
 
 
 SEED_FAMILIES = {"default": {0: DEFAULT, 1: "seed1", 2: "seed2"},
-                 "SAE 1000 steps": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"}}
+                 "SAE 1000 steps": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"},
+                 "canvas 384 px": {0: "size384", 1: "size384_seed1", 2: "size384_seed2"}}
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""
 
 
@@ -354,6 +358,24 @@ def seed_table(rows: dict, datasets: list[str]) -> list[str]:
             cols = [None if None in col else float(np.mean(col)) for col in zip(*means, strict=True)]
             out.append(f"| **{family}** | **mean of {len(means)}** | | " + " | ".join(
                 f"**{_f(v, '.3f')}**" for v in cols) + " |")
+    return [*out, ""]
+
+
+def seed_mean_table(rows: dict, datasets: list[str]) -> list[str]:
+    """Per set, each seed family's mean over its seeds beside the peers (one run each): image AUROC / AUPRO."""
+    methods = {f: [m if m == DEFAULT else f"variant: {VARIANTS[m][0]}" for m in seeds.values()]
+               for f, seeds in SEED_FAMILIES.items()}
+    methods |= {m: [m] for m in ("anomalib PaDiM", PATCHCORE)}
+    out = ["### Per set, mean over fit seeds", "", "Image AUROC / AUPRO@30%, each fit family's mean over its seeds "
+           "(where every seed ran on every set); anomalib rows are one run each.", "",
+           "| method | seeds | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
+    for family, names in methods.items():
+        got = [[rows.get(f"{ds}|{m}") for m in names] for ds in datasets]
+        if any(r is None or r.get("image_auroc") is None for per in got for r in per):
+            continue
+        cells = [(np.mean([r["image_auroc"] for r in per]), np.mean([r["aupro_30"] for r in per])) for per in got]
+        cells.append(tuple(np.mean(c) for c in zip(*cells, strict=True)))
+        out.append(f"| {family} | {len(names)} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells) + " |")
     return [*out, ""]
 
 
@@ -398,6 +420,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
         out.append("")
     out += choice_table(rows, datasets)
     out += seed_table(rows, datasets)
+    out += seed_mean_table(rows, datasets)
     out += ["### Mean over the categories", "", *head]
     for m in methods:
         vals = [next((r for r in rows.values() if r["dataset"] == ds and r["method"] == m), None) for ds in datasets]

@@ -1,0 +1,106 @@
+"""What a bigger canvas costs at inference: two fitted models side by side, in one process, interleaved.
+
+    python -m bench.size_cost --base bench/work/accuracy_magnetic_tile.safetensors \
+        --candidate bench/work/variant_magnetic_tile_size384_seed1.safetensors
+
+Issue 20 bounds the inference cost of a new default at batch 8 by 1.5 x today's (`bench/cost.py`). Both
+models are exported here as a fit exports them (`training.export.export_onnx`, validated on 16 good images of
+the set), then each round times, for the three image shapes of bench/cost.py at batch 1 and 8, `inspect` of
+each model on PyTorch (eager) and on ONNX Runtime (the service's default CPU runtime), one cell after the
+other. Reported: median images/s over rounds and the cost ratio (base images/s over candidate images/s, so
+2.0 = the candidate takes twice the time) on the same runtime, and against the base on PyTorch eager.
+Writes bench/results/size_cost.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.cost import SIZES, images_of, rate
+from bench.fit_eval import machine
+from models.detector import Detector
+from models.portable import PortableDetector
+from training.data import good_images
+from training.export import export_onnx, validation_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIMES = ("pytorch", "onnxruntime")
+
+
+def _set_of(model: Path) -> Path:
+    """The shared set a bench model was fitted on (accuracy_<set> or variant_<set>_<variant>)."""
+    sets = ROOT.parent / "shared" / "datasets"
+    found = [d for d in sets.iterdir() if d.is_dir() and model.stem.split("_", 1)[1].startswith(d.name)]
+    if not found:
+        raise SystemExit(f"{model}: not named after a set in {sets}")
+    return max(found, key=lambda d: len(d.name))
+
+
+def main() -> None:
+    work = ROOT / "bench" / "work"
+    p = argparse.ArgumentParser()
+    p.add_argument("--base", type=Path, default=work / "accuracy_magnetic_tile.safetensors")
+    p.add_argument("--candidate", type=Path, default=work / "variant_magnetic_tile_size384_seed1.safetensors")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=2.0)
+    a = p.parse_args()
+    for m in (a.base, a.candidate):
+        if not m.is_file():
+            raise SystemExit(f"{m}: no such model; fit it with `python -m bench.accuracy` (--variants size384_seed1)")
+    torch.set_num_threads(torch.get_num_threads())
+    data = {name: images_of(hw) for name, hw in SIZES.items()}
+    runners, sizes = {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        for role, path in (("base", a.base), ("candidate", a.candidate)):
+            det = Detector.from_artifact(path, "cpu")
+            onnx = Path(d) / f"{role}.onnx"
+            export_onnx(det, path, onnx, validation_sample(good_images([_set_of(path)]), 16))
+            portable = PortableDetector(onnx)
+            sizes[role] = det.config.preprocess.size
+            for runtime, scorer in (("pytorch", det), ("onnxruntime", portable)):
+                pictures = {name: [scorer.decode(b) for b in blobs] for name, blobs in data.items()}
+                runners[f"{role}|{runtime}"] = (scorer, pictures)
+        samples: dict[str, list[float]] = {}
+        for r in range(a.rounds):
+            for name in SIZES:
+                for bs in (1, 8):
+                    for key, (scorer, pictures) in runners.items():
+                        samples.setdefault(f"{key}|{name}|{bs}", []).append(rate(
+                            lambda s=scorer, pics=pictures[name][:bs]: len(s.inspect(pics)), a.seconds))
+            print(f"round {r + 1}/{a.rounds} done", flush=True)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    result = {"machine": machine(), "threads": torch.get_num_threads(), "base": a.base.name,
+              "candidate": a.candidate.name, "canvas_px": sizes, "rounds": a.rounds, "seconds": a.seconds,
+              "median_images_per_s": med, "samples": samples}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "size_cost.json").write_text(json.dumps(result, indent=2))
+    b, c = sizes["base"], sizes["candidate"]
+    lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; base `{a.base.name}` ({b} px "
+             f"canvas), candidate `{a.candidate.name}` ({c} px); median of {a.rounds} interleaved rounds of "
+             f"{a.seconds:g} s per cell; command: `python -m bench.size_cost --base {a.base} --candidate "
+             f"{a.candidate}`", "",
+             "`inspect` images/s; cost = base images/s / candidate images/s (1.5 = the candidate takes 1.5 x the "
+             "time); ONNX Runtime is the service's default CPU runtime, PyTorch eager the runtime before it", "",
+             f"| image | batch | {b} px PyTorch | {b} px ONNX Runtime | {c} px PyTorch | {c} px ONNX Runtime | "
+             f"cost, PyTorch | cost, ONNX Runtime | {c} px ONNX Runtime against {b} px PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in SIZES:
+        for bs in (1, 8):
+            v = {k: med[f"{k}|{name}|{bs}"] for k in runners}
+            lines.append(f"| {name} | {bs} | " + " | ".join(f"{v[k]:.1f}" for k in runners) + " | "
+                         f"{v['base|pytorch'] / v['candidate|pytorch']:.2f} | "
+                         f"{v['base|onnxruntime'] / v['candidate|onnxruntime']:.2f} | "
+                         f"{v['base|pytorch'] / v['candidate|onnxruntime']:.2f} |")
+    (out / "size_cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
