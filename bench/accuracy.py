@@ -52,34 +52,42 @@ SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_
 CORESET_SECONDS = 180
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
 # name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
+S256 = {"size": 256}  # the canvas of the default before it became 384 px: every variant below that names it
 VARIANTS = {
-    "groups_none": ("split of single images (groups none, the previous default)", {}, {}, {"groups": "none"}),
-    "repair": ("repair-trained SAE (repair 0.5)", {}, {"repair": 0.5}, {}),
-    "lite2": ("backbone EfficientNet-Lite2", {"backbone": {"name": "efficientnet_lite2"}}, {}, {}),
-    "size384": ("canvas 384 px", {"preprocess": {"size": 384}}, {}, {}),
-    "steps1000": ("SAE 1000 steps (half the fit's SAE time)", {}, {"steps": 1000}, {}),
-    "batch1024": ("SAE batches of 1024 patches (default 2048: half the SAE time)", {}, {"batch_size": 1024}, {}),
-    "steps1000_lr2": ("SAE 1000 steps at twice the learning rate (2e-3)", {}, {"steps": 1000, "lr": 2e-3}, {}),
-    "steps1500": ("SAE 1500 steps", {}, {"steps": 1500}, {}),
-    "pool5": ("context: each patch feature averages its 5 x 5 neighbourhood (pool 5, default 3)",
-              {"scoring": {"pool": 5}}, {}, {}),
-    "context7": ("learned context: each patch feature followed by its 7 x 7 neighbourhood mean, rebuilt by the SAE",
-                 {"scoring": {"context": 7}}, {}, {}),
-    "context5_x4": ("learned context 5 x 5, SAE expansion 4 (the default's 1216 atoms for twice the dimensions)",
-                    {"scoring": {"context": 5}, "sae": {"expansion": 4}}, {}, {}),
-    "context7_repair": ("learned context 7 x 7 with a repair-trained SAE (repair 0.5)",
-                        {"scoring": {"context": 7}}, {"repair": 0.5}, {}),
+    "size256": ("canvas 256 px (the default before)", {"preprocess": S256}, {}, {}),
+    "size256_seed1": ("canvas 256 px, fit seed 1", {"preprocess": S256}, {"seed": 1}, {}),
+    "size256_seed2": ("canvas 256 px, fit seed 2", {"preprocess": S256}, {"seed": 2}, {}),
     "seed1": ("the default with fit seed 1 (patch sample, SAE start, synthetic defects; default seed 0)", {},
               {"seed": 1}, {}),
     "seed2": ("the default with fit seed 2", {}, {"seed": 2}, {}),
-    "size384_seed1": ("canvas 384 px, fit seed 1", {"preprocess": {"size": 384}}, {"seed": 1}, {}),
-    "size384_seed2": ("canvas 384 px, fit seed 2", {"preprocess": {"size": 384}}, {"seed": 2}, {}),
-    "steps1000_seed1": ("SAE 1000 steps, fit seed 1", {}, {"steps": 1000, "seed": 1}, {}),
-    "steps1000_seed2": ("SAE 1000 steps, fit seed 2", {}, {"steps": 1000, "seed": 2}, {}),
+    "groups_none": ("split of single images (groups none, the previous default), 256 px", {"preprocess": S256}, {},
+                    {"groups": "none"}),
+    "repair": ("repair-trained SAE (repair 0.5), 256 px", {"preprocess": S256}, {"repair": 0.5}, {}),
+    "lite2": ("backbone EfficientNet-Lite2, 256 px", {"preprocess": S256, "backbone": {"name": "efficientnet_lite2"}},
+              {}, {}),
+    "steps1000": ("SAE 1000 steps (half the fit's SAE time), 256 px", {"preprocess": S256}, {"steps": 1000}, {}),
+    "batch1024": ("SAE batches of 1024 patches (default 2048: half the SAE time), 256 px", {"preprocess": S256},
+                  {"batch_size": 1024}, {}),
+    "steps1000_lr2": ("SAE 1000 steps at twice the learning rate (2e-3), 256 px", {"preprocess": S256},
+                      {"steps": 1000, "lr": 2e-3}, {}),
+    "steps1500": ("SAE 1500 steps, 256 px", {"preprocess": S256}, {"steps": 1500}, {}),
+    "pool5": ("context: each patch feature averages its 5 x 5 neighbourhood (pool 5, default 3), 256 px",
+              {"preprocess": S256, "scoring": {"pool": 5}}, {}, {}),
+    "context7": ("learned context: each patch feature followed by its 7 x 7 neighbourhood mean, rebuilt by the SAE, "
+                 "256 px", {"preprocess": S256, "scoring": {"context": 7}}, {}, {}),
+    "context5_x4": ("learned context 5 x 5, SAE expansion 4 (the default's 1216 atoms for twice the dimensions), "
+                    "256 px", {"preprocess": S256, "scoring": {"context": 5}, "sae": {"expansion": 4}}, {}, {}),
+    "context7_repair": ("learned context 7 x 7 with a repair-trained SAE (repair 0.5), 256 px",
+                        {"preprocess": S256, "scoring": {"context": 7}}, {"repair": 0.5}, {}),
+    "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
+    "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
-    "none": ("normalize none (set by the engineer: no selection split)", {"scoring": {"normalize": "none"}}, {}, {}),
-    "none_seed1": ("normalize none, fit seed 1", {"scoring": {"normalize": "none"}}, {"seed": 1}, {}),
-    "none_seed2": ("normalize none, fit seed 2", {"scoring": {"normalize": "none"}}, {"seed": 2}, {}),
+    "none": ("normalize none (set by the engineer: no selection split), 256 px",
+             {"preprocess": S256, "scoring": {"normalize": "none"}}, {}, {}),
+    "none_seed1": ("normalize none, fit seed 1, 256 px", {"preprocess": S256, "scoring": {"normalize": "none"}},
+                   {"seed": 1}, {}),
+    "none_seed2": ("normalize none, fit seed 2, 256 px", {"preprocess": S256, "scoring": {"normalize": "none"}},
+                   {"seed": 2}, {}),
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
@@ -317,9 +325,9 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     return [*out, ""]
 
 
-SEED_FAMILIES = {"default": {0: DEFAULT, 1: "seed1", 2: "seed2"},
-                 "SAE 1000 steps": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"},
-                 "canvas 384 px": {0: "size384", 1: "size384_seed1", 2: "size384_seed2"}}
+SEED_FAMILIES = {"default (384 px)": {0: DEFAULT, 1: "seed1", 2: "seed2"},
+                 "canvas 256 px (the default before)": {0: "size256", 1: "size256_seed1", 2: "size256_seed2"},
+                 "SAE 1000 steps, 256 px": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"}}
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""
 
 

@@ -1,7 +1,6 @@
 """What a bigger canvas costs at inference: two fitted models side by side, in one process, interleaved.
 
-    python -m bench.size_cost --base bench/work/accuracy_magnetic_tile.safetensors \
-        --candidate bench/work/variant_magnetic_tile_size384_seed1.safetensors
+    python -m bench.size_cost   # base: the 256 px fit (variant size256), candidate: the 384 px default
 
 Issue 20 bounds the inference cost of a new default at batch 8 by 1.5 x today's (`bench/cost.py`). Both
 models are exported here as a fit exports them (`training.export.export_onnx`, validated on 16 good images of
@@ -45,14 +44,14 @@ def _set_of(model: Path) -> Path:
 def main() -> None:
     work = ROOT / "bench" / "work"
     p = argparse.ArgumentParser()
-    p.add_argument("--base", type=Path, default=work / "accuracy_magnetic_tile.safetensors")
-    p.add_argument("--candidate", type=Path, default=work / "variant_magnetic_tile_size384_seed1.safetensors")
+    p.add_argument("--base", type=Path, default=work / "variant_magnetic_tile_size256.safetensors")
+    p.add_argument("--candidate", type=Path, default=work / "accuracy_magnetic_tile.safetensors")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0)
     a = p.parse_args()
     for m in (a.base, a.candidate):
         if not m.is_file():
-            raise SystemExit(f"{m}: no such model; fit it with `python -m bench.accuracy` (--variants size384_seed1)")
+            raise SystemExit(f"{m}: no such model; fit it with `python -m bench.accuracy` (--variants size256)")
     torch.set_num_threads(torch.get_num_threads())
     data = {name: images_of(hw) for name, hw in SIZES.items()}
     runners, sizes = {}, {}

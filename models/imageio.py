@@ -8,9 +8,9 @@ is scored upright); multi-frame files use their first frame.
 The format and pixel count are checked from the header before any pixel is decoded, so a
 decompression bomb costs nothing. Given the model's geometry, an image at least four times
 the model's work image is area-reduced right after decoding to exactly twice the work size
-(``models.preprocess.decode_hw``), still uint8, and JPEGs whose sides divide evenly are
-decoded at 1/2, 1/4 or 1/8 scale by libjpeg (draft mode) first: a 6000 x 6000 upload is never
-held as a full-size float image.
+(``models.preprocess.decode_hw``), still uint8, and JPEGs whose sides divide by 8 are decoded at
+1/8 scale by libjpeg (draft mode: block means) first where that keeps twice the work size: a
+6000 x 6000 upload is never held as a full-size float image.
 
 Intensities: 8-bit images are used as stored. 16-bit images are scaled by 65535. Float
 images hold intensities in [0, 1] (values outside are clipped); 32-bit integer images
@@ -25,12 +25,11 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from models.config import PreprocessConfig
-from models.preprocess import Picture, decode_hw
+from models.preprocess import Picture, area_reduce, decode_hw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -168,7 +167,7 @@ def decode_image(data: bytes, preprocess: PreprocessConfig | None, max_pixels: i
         pixels, full = _to_array(img, source)
         del img
         if target is not None:  # exact area average, as make_canvases does next: the two compose
-            pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
+            pixels = area_reduce(pixels, *target)
         if full is not None:  # deep images are scaled to [0, 1] after the reduction, never at full size
             pixels = np.clip(pixels.astype(np.float32) / np.float32(full), 0.0, 1.0)
         shown_hw = stored_hw[::-1] if orientation in _TRANSPOSING else stored_hw
@@ -189,13 +188,14 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _draft(img: Image.Image, stored_hw: tuple[int, int]) -> None:
-    """JPEG DCT scaling by 1/8, 1/4 or 1/2, only where the result keeps at least the target size and
-    the image divides evenly (so each scaled pixel covers whole source pixels: geometry unchanged)."""
-    h, w = img.height, img.width
-    for s in (8, 4, 2):
-        if h % s == 0 and w % s == 0 and h // s >= stored_hw[0] and w // s >= stored_hw[1]:
-            img.draft("L" if img.mode == "L" else "RGB", (w // s, h // s))
-            return
+    """JPEG DCT scaling by 1/8 (each 8 x 8 block decoded to its DC coefficient: the block's mean, an exact
+    box filter that composes with the area reduction), only where the result keeps at least the target
+    size and the image divides evenly (geometry unchanged). libjpeg's 1/4 and 1/2 scalings are not box
+    filters (a 6000 x 4500 JPEG at the 384 px canvas: up to 2.5/255 per canvas pixel against a full
+    decode, tests/models/test_imageio.py), so they are not used."""
+    h, w, s = img.height, img.width, 8
+    if h % s == 0 and w % s == 0 and h // s >= stored_hw[0] and w // s >= stored_hw[1]:
+        img.draft("L" if img.mode == "L" else "RGB", (w // s, h // s))
 
 
 _ORIENT = {  # EXIF orientation -> the array operation that shows the image upright (as Pillow's exif_transpose)

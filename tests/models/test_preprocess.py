@@ -37,5 +37,6 @@ def test_tile_mode_covers_native_resolution_and_stitches_back():
 
 def test_tiny_and_thin_images_are_handled():
     for shape in [(1, 1, 3), (1, 900, 3), (3, 2, 3)]:
-        canvases, layout = make_canvases(np.ones(shape, np.float32), PreprocessConfig())
-        assert canvases.shape == (1, 256, 256, 3) and min(layout.work_hw) >= 1
+        cfg = PreprocessConfig()
+        canvases, layout = make_canvases(np.ones(shape, np.float32), cfg)
+        assert canvases.shape == (1, cfg.size, cfg.size, 3) and min(layout.work_hw) >= 1

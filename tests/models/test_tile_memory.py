@@ -24,7 +24,8 @@ class CountingScorer(Scorer):
 
 
 def test_a_tiled_6000px_image_is_scored_in_bounded_chunks():
-    cfg = PreprocessConfig(mode="tile", tile_scale=1.0)
+    # 256 px tiles (overlap 32): hundreds of windows, so holding them all at once is far above the chunked bound
+    cfg = PreprocessConfig(mode="tile", tile_scale=1.0, size=256)
     scorer = CountingScorer(cfg)
     image = np.zeros((6000, 6000, 3), np.uint8)
     tracemalloc.start()
