@@ -72,8 +72,8 @@ class PreprocessConfig:
     'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
     size: int = 384
     """Canvas side in pixels fed to the backbone. 384 by default: over the four shared sets and three fit
-    seeds, mean image AUROC 0.871 against 0.847 at 256 px and AUPRO 0.783 against 0.704, for 2-2.5 x the
-    inference time on one runtime (bench/results/accuracy.md, size_cost.md)."""
+    seeds, mean image AUROC 0.871 against 0.847 at 256 px and AUPRO 0.783 against 0.704, for more
+    inference time on one runtime (1.5-2.6 x; bench/results/accuracy.md, size_cost.md)."""
     margin: int = 0
     """Letterbox only: reflected border around the content, so that no edge of the part sits on
     the canvas edge (where the CNN's zero padding changes features). Off by default: on
