@@ -20,7 +20,7 @@ def test_cached_features_give_identical_maps_and_are_reused(detector, dataset, t
     with cached_backbones(tmp_path) as second:
         read = detector.canvas_maps(canvases[[2, 0]])  # another batch of the same canvases
     assert first == {"hits": 0, "misses": 3} and second == {"hits": 2, "misses": 0}
-    # maps are O(1) (up to hundreds): an absolute 1e-5 is float32 rounding there
+    # the map values here are O(1): an absolute 1e-5 is float32 rounding
     np.testing.assert_allclose(filled, plain, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(read, plain[[2, 0]], rtol=1e-5, atol=1e-5)
     assert Backbone.forward.__module__ == "models.backbone"  # the product's own forward is back after the block
