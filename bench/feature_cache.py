@@ -26,10 +26,13 @@ import numpy as np
 import torch
 
 from models.backbone import Backbone
+from models.backbone_runtime import RuntimeBackbone
 
 
-def _key(backbone: Backbone, x: torch.Tensor) -> str:
+def _key(backbone: Backbone | RuntimeBackbone, x: torch.Tensor) -> str:
     h = hashlib.blake2b(digest_size=20)
+    if isinstance(backbone, RuntimeBackbone):  # its maps differ from PyTorch's in float32 rounding: kept apart
+        h.update(b"onnxruntime|")
     h.update(f"{backbone.name}|{backbone.stages}|{backbone.weights_path}|{tuple(x.shape)}".encode())
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -45,16 +48,17 @@ def _save(path: Path, maps: list[torch.Tensor]) -> None:
 
 @contextlib.contextmanager
 def cached_backbones(root: Path) -> Iterator[dict[str, int]]:
-    """Within the block every Backbone answers from `root` where it can; yields hit/miss counters."""
-    original = Backbone.forward
+    """Within the block every Backbone and RuntimeBackbone answers from `root` where it can; yields hit/miss
+    counters."""
+    originals = {cls: cls.forward for cls in (Backbone, RuntimeBackbone)}
     counts = {"hits": 0, "misses": 0}
 
-    def forward(self: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self: Backbone | RuntimeBackbone, x: torch.Tensor) -> list[torch.Tensor]:
         keys = [_key(self, xi) for xi in x]
         dirs = [root / k[:2] / k for k in keys]
         have = [(d / f"{len(self.stages) - 1}.npy").is_file() for d in dirs]
         todo = [i for i, h in enumerate(have) if not h]
-        fresh = original(self, x[todo]) if todo else []
+        fresh = originals[type(self)](self, x[todo]) if todo else []
         for j, i in enumerate(todo):
             _save(dirs[i], [m[j] for m in fresh])
         out = []
@@ -66,8 +70,10 @@ def cached_backbones(root: Path) -> Iterator[dict[str, int]]:
         counts["misses"] += len(todo)
         return out
 
-    Backbone.forward = forward
+    for cls in originals:
+        cls.forward = forward
     try:
         yield counts
     finally:
-        Backbone.forward = original
+        for cls, original in originals.items():
+            cls.forward = original

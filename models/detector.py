@@ -20,6 +20,7 @@ import torch
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
+from models.backbone_runtime import offline_backbone
 from models.config import NORMALIZE_CHOICES, PRECISION, ModelConfig
 from models.explain import Atlas, RegionExplanation, explain_image
 from models.features import to_device
@@ -99,6 +100,13 @@ class Detector(Scorer):
         if unknown:
             raise TypeError(f"unknown Detector fields {sorted(unknown)}")
         return Detector(**{f: changes.get(f, getattr(self, f)) for f in self._FIELDS})
+
+    def offline(self) -> Detector:
+        """The same detector with its backbone in the fastest runtime checked equal to it on this device
+        (``models.backbone_runtime``: ONNX Runtime on CPU), for offline passes over many images (fit,
+        calibration, evaluation). Saving it saves the same artifact."""
+        return self.replace(backbone=offline_backbone(self.backbone, self.config.preprocess.size,
+                                                      str(self.device)).module)
 
     def with_scoring(self, **changes: Any) -> Detector:
         """The same detector scoring differently (e.g. normalize='none'); calibrate it again before use."""

@@ -24,3 +24,19 @@ def test_cached_features_give_identical_maps_and_are_reused(detector, dataset, t
     np.testing.assert_allclose(filled, plain, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(read, plain[[2, 0]], rtol=1e-5, atol=1e-5)
     assert Backbone.forward.__module__ == "models.backbone"  # the product's own forward is back after the block
+
+
+def test_the_offline_runtime_is_cached_apart_from_pytorch(detector, dataset, tmp_path):
+    pics = [detector.read(p) for p in list_images(dataset / "test" / "good")[:2]]
+    canvases = np.concatenate([make_canvases(p, detector.config.preprocess)[0] for p in pics])
+    fast = detector.offline()
+    plain = fast.canvas_maps(canvases)
+    with cached_backbones(tmp_path) as eager:
+        detector.canvas_maps(canvases)
+    with cached_backbones(tmp_path) as first:
+        filled = fast.canvas_maps(canvases)
+    with cached_backbones(tmp_path) as second:
+        read = fast.canvas_maps(canvases)
+    assert eager["misses"] == 2 and first == {"hits": 0, "misses": 2} and second == {"hits": 2, "misses": 0}
+    np.testing.assert_allclose(filled, plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(read, plain, rtol=1e-5, atol=1e-5)

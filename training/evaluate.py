@@ -33,7 +33,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     """-> (metrics, details for the report). Pixel metrics use maps at work resolution."""
     items = mvtec_test_set(root)
     by_path = {i.path: i for i in items}
-    kept, scores, maps = score_files(detector, [i.path for i in items], desc="evaluate")
+    kept, scores, maps = score_files(detector.offline(), [i.path for i in items], desc="evaluate")
     skipped = sorted(str(i.path) for i in items if i.path not in set(kept))
     kinds = [by_path[p].defect for p in kept]
     labels = np.array([k != "good" for k in kinds])

@@ -50,7 +50,7 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     profile = dict(det.meta.get("fit_profile_s", {}))
     t0 = time.perf_counter()
     if config.scoring.normalize == "auto":
-        choice, table = select_normalization(det, split.select, seed=fit_cfg.seed)
+        choice, table = select_normalization(det.offline(), split.select, seed=fit_cfg.seed)
         det = det.with_scoring(normalize=choice)
         det = det.replace(meta={**det.meta, "scoring_selection": {"normalize": choice, **table}})
         if choice != "none":  # no good-image test read free pose reliably (bench/results/selection_transfer.md)
@@ -58,7 +58,7 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
                      "freely, fit with --normalize none", choice)
     profile["selection"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    calibration = calibrate(det, cal_paths, cal_cfg)
+    calibration = calibrate(det.offline(), cal_paths, cal_cfg)
     profile["calibration"] = time.perf_counter() - t0
     log.info("fit profile (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in profile.items()))
     meta = {**det.meta, **(provenance or {}), "fit_profile_s": profile,
@@ -68,7 +68,7 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
             "parent_version": init.version if init is not None else None}
     det = det.replace(calibration=calibration, meta=meta)
     if defect_paths:
-        _, bad, _ = score_files(det, defect_paths, desc="defects")
+        _, bad, _ = score_files(det.offline(), defect_paths, desc="defects")
         report = f1_optimal(np.asarray(calibration.scores), bad)
         log.info("labelled defects: F1-optimal threshold %.4g (F1 %.3f, precision %.3f, recall %.3f); "
                  "the decision rule stays the conformal threshold %.4g", report["threshold"], report["f1"],
