@@ -87,6 +87,8 @@ def max_relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> flo
 @functools.lru_cache(maxsize=2)
 def offline_backbone(backbone: Backbone, size: int, device: str) -> OfflineBackbone:
     """The fastest checked way to run `backbone` on `size` px canvases on `device` (see the module doc)."""
+    if isinstance(backbone, RuntimeBackbone):  # already the offline runtime (an offline detector's)
+        return OfflineBackbone(backbone, "onnxruntime")
     if torch.device(device).type != "cpu":
         return OfflineBackbone(backbone, f"pytorch ({device})")
     try:
@@ -94,13 +96,13 @@ def offline_backbone(backbone: Backbone, size: int, device: str) -> OfflineBackb
     except ImportError:
         return OfflineBackbone(backbone, "pytorch (onnxruntime not installed)")
     except Exception as e:  # noqa: BLE001 - any backbone the exporter cannot trace runs eagerly
-        log.warning("backbone %s: ONNX export failed (%s); the fit runs it in PyTorch", backbone.name, e)
+        log.warning("backbone %s: ONNX export failed (%s); offline passes run it in PyTorch", backbone.name, e)
         return OfflineBackbone(backbone, f"pytorch (export failed: {type(e).__name__})")
     runner = RuntimeBackbone(backbone, session)
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
     diff = max_relative_difference(backbone(x), runner(x))
     if not diff <= TOLERANCE:
-        log.warning("backbone %s: ONNX Runtime differs from PyTorch by %.2g of the map scale; the fit runs it in "
-                    "PyTorch", backbone.name, diff)
+        log.warning("backbone %s: ONNX Runtime differs from PyTorch by %.2g of the map scale; offline passes run "
+                    "it in PyTorch", backbone.name, diff)
         return OfflineBackbone(backbone, f"pytorch (ONNX Runtime differed by {diff:.2g})")
     return OfflineBackbone(runner, "onnxruntime")

@@ -69,7 +69,9 @@ def test_a_session_that_disagrees_is_refused(detector, fresh_cache, monkeypatch)
 
 def test_the_fit_ran_in_onnxruntime_and_the_eager_artifact_scores_as_calibrated(detector, artifact, dataset):
     assert detector.meta["fit_backbone_runtime"] == "onnxruntime"
-    assert isinstance(detector.offline().backbone, RuntimeBackbone)
+    offline = detector.offline()
+    assert isinstance(offline.backbone, RuntimeBackbone)
+    assert offline.offline().backbone is offline.backbone  # an offline detector is already offline
     loaded = Detector.from_artifact(artifact, "cpu")
     paths = list_images(dataset / "test" / "good")[:4]
     _, eager, _ = score_files(loaded, paths)
