@@ -1,8 +1,10 @@
 """Micro-batching: requests for one model are gathered into batches run off the event loop.
 
 A bounded asyncio queue per model; a worker takes the first waiting image, waits up
-to ``max_wait`` for more (up to ``max_batch``), and runs ``Detector.inspect`` on the
-whole batch in the shared inference thread; explanation requests wait in the same queue
+to ``max_wait`` for more (up to ``max_batch``) while more are on their way (requests for
+the model still being decoded: ``arriving``), and runs ``Detector.inspect`` on the
+whole batch in the shared inference thread; with nothing on its way it runs at once, so a
+line posting one image at a time never waits for a batch that cannot fill; explanation requests wait in the same queue
 and run one by one in the same thread. A full queue raises ``QueueFull`` at once, which
 the API turns into 503 + Retry-After, whatever the kind of work.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -54,9 +57,11 @@ class _Item(NamedTuple):
 
 class MicroBatcher:
     def __init__(self, name: str, detector: Scorer, executor: Executor, metrics: Metrics,
-                 max_batch: int, max_wait_s: float, queue_size: int):
+                 max_batch: int, max_wait_s: float, queue_size: int, arriving: Callable[[], int]):
         self.name, self.detector, self.executor, self.metrics = name, detector, executor, metrics
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.arriving = arriving
+        """How many requests for this model are being decoded now (they will queue within milliseconds)."""
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._task: asyncio.Task | None = None
         self._busy = False
@@ -87,6 +92,8 @@ class MicroBatcher:
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if not self.arriving():  # nothing on its way: waiting would only add latency
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

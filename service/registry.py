@@ -9,10 +9,13 @@ and the old model keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import re
 import time
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +98,17 @@ class ModelRegistry:
         """The file that serves a model with both (fixed for the process: settings and installed runtimes)."""
         self.stale: dict[str, str] = {}
         """ONNX files found to be exported from another version of the artifact beside them, and why."""
+        self._arriving: Counter[str] = Counter()
+        """model name -> requests for it being decoded now (the micro-batcher waits for them, and only them)."""
+
+    @contextlib.contextmanager
+    def arriving(self, name: str) -> Iterator[None]:
+        """Counts a request for `name` as on its way to the model's queue while the block runs (its decode)."""
+        self._arriving[name] += 1
+        try:
+            yield
+        finally:
+            self._arriving[name] -= 1
 
     @property
     def ignored(self) -> dict[str, str]:
@@ -198,7 +212,7 @@ class ModelRegistry:
             device = getattr(det, "device", None)
             batch = s.max_batch_size or DEVICE_BATCH.get(device.type if device is not None else "cpu", 8)
             batcher = MicroBatcher(name, det, self.executor, self.metrics, batch,
-                                   s.max_wait_ms / 1000, s.queue_size)
+                                   s.max_wait_ms / 1000, s.queue_size, lambda: self._arriving[name])
             batcher.start()
             old = self.models.get(name)
             self.models[name] = Served(name, det, batcher, path, stamp, self._monitor(det))

@@ -114,7 +114,8 @@ async def _inspect_one(request: Request, name: str, filename: str | None, data: 
                        alpha: float | None = None, index: int | None = None) -> schemas.Inspection:
     t0 = time.perf_counter()
     try:
-        image = await decode_upload(request, name, data, settings, filename)
+        with request.app.state.registry.arriving(name):  # no await between its end and the queue: see _submit
+            image = await decode_upload(request, name, data, settings, filename)
     except HTTPException as e:
         metrics.requests.labels(name, DECODE_OUTCOMES.get(e.status_code, "bad_image")).inc()
         raise

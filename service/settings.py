@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
     max_batch_size: int | None = Field(None, ge=1, le=256, description="images per micro-batch; unset = "
                                        "chosen per device (8 on CPU, 32 on CUDA)")
-    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait for more images before running a batch")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait for more images before running a "
+                                 "batch, only while more requests for the model are being decoded (none: it runs at "
+                                 "once)")
     queue_size: int = Field(64, ge=1, description="queued images per model before 503 + Retry-After")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="request bodies above this get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="images above this pixel count get 413 before decoding")

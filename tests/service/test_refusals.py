@@ -97,7 +97,7 @@ def test_one_failing_item_fails_alone_in_its_micro_batch(detector):
 
     async def run() -> list:
         b = MicroBatcher("parts", Flaky(detector), ThreadPoolExecutor(1), Metrics(), max_batch=8, max_wait_s=0.2,
-                         queue_size=16)
+                         queue_size=16, arriving=lambda: 1)
         b.start()
         out = await asyncio.gather(*(b.submit(im) for im in images), return_exceptions=True)
         await b.drain_and_stop()
