@@ -1,6 +1,7 @@
-"""What a bigger canvas costs at inference: two fitted models side by side, in one process, interleaved.
+"""What a bigger model costs at inference: two fitted models side by side, in one process, interleaved.
 
     python -m bench.size_cost   # base: the 256 px fit (variant size256), candidate: the 384 px default
+    python -m bench.size_cost --base A --candidate B --out context_cost   # any two (results named --out)
 
 Issue 20 bounds the inference cost of a new default at batch 8 by 1.5 x today's (`bench/cost.py`). Both
 models are exported here as a fit exports them (`training.export.export_onnx`, validated on 16 good images of
@@ -8,7 +9,7 @@ the set), then each round times, for the three image shapes of bench/cost.py at 
 each model on PyTorch (eager) and on ONNX Runtime (the service's default CPU runtime), one cell after the
 other. Reported: median images/s over rounds and the cost ratio (base images/s over candidate images/s, so
 2.0 = the candidate takes twice the time) on the same runtime, and against the base on PyTorch eager.
-Writes bench/results/size_cost.{json,md}.
+Writes bench/results/<out>.{json,md} (size_cost by default).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def _set_of(model: Path) -> Path:
     return max(found, key=lambda d: len(d.name))
 
 
+def describe(det: Detector) -> str:
+    """A model's column label: its canvas, and its learned context where it has one."""
+    context = det.config.scoring.context
+    return f"{det.config.preprocess.size} px" + (f", context {context}" if context else "")
+
+
 def main() -> None:
     work = ROOT / "bench" / "work"
     p = argparse.ArgumentParser()
@@ -48,6 +55,7 @@ def main() -> None:
     p.add_argument("--candidate", type=Path, default=work / "accuracy_magnetic_tile.safetensors")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--out", default="size_cost", help="results file name under bench/results")
     a = p.parse_args()
     for m in (a.base, a.candidate):
         if not m.is_file():
@@ -61,7 +69,7 @@ def main() -> None:
             onnx = Path(d) / f"{role}.onnx"
             export_onnx(det, path, onnx, validation_sample(good_images([_set_of(path)]), 16))
             portable = PortableDetector(onnx)
-            sizes[role] = det.config.preprocess.size
+            sizes[role] = describe(det)
             for runtime, scorer in (("pytorch", det), ("onnxruntime", portable)):
                 pictures = {name: [scorer.decode(b) for b in blobs] for name, blobs in data.items()}
                 runners[f"{role}|{runtime}"] = (scorer, pictures)
@@ -75,20 +83,20 @@ def main() -> None:
             print(f"round {r + 1}/{a.rounds} done", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     result = {"machine": machine(), "threads": torch.get_num_threads(), "base": a.base.name,
-              "candidate": a.candidate.name, "canvas_px": sizes, "rounds": a.rounds, "seconds": a.seconds,
+              "candidate": a.candidate.name, "models": sizes, "rounds": a.rounds, "seconds": a.seconds,
               "median_images_per_s": med, "samples": samples}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "size_cost.json").write_text(json.dumps(result, indent=2))
+    (out / f"{a.out}.json").write_text(json.dumps(result, indent=2))
     b, c = sizes["base"], sizes["candidate"]
-    lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; base `{a.base.name}` ({b} px "
-             f"canvas), candidate `{a.candidate.name}` ({c} px); median of {a.rounds} interleaved rounds of "
+    lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; base `{a.base.name}` ({b}), "
+             f"candidate `{a.candidate.name}` ({c}); median of {a.rounds} interleaved rounds of "
              f"{a.seconds:g} s per cell; command: `python -m bench.size_cost --base {a.base} --candidate "
-             f"{a.candidate}`", "",
+             f"{a.candidate} --out {a.out}`", "",
              "`inspect` images/s; cost = base images/s / candidate images/s (1.5 = the candidate takes 1.5 x the "
              "time); ONNX Runtime is the service's default CPU runtime, PyTorch eager the runtime before it", "",
-             f"| image | batch | {b} px PyTorch | {b} px ONNX Runtime | {c} px PyTorch | {c} px ONNX Runtime | "
-             f"cost, PyTorch | cost, ONNX Runtime | {c} px ONNX Runtime against {b} px PyTorch |",
+             f"| image | batch | {b} PyTorch | {b} ONNX Runtime | {c} PyTorch | {c} ONNX Runtime | "
+             f"cost, PyTorch | cost, ONNX Runtime | {c} ONNX Runtime against {b} PyTorch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in SIZES:
         for bs in (1, 8):
@@ -97,7 +105,7 @@ def main() -> None:
                          f"{v['base|pytorch'] / v['candidate|pytorch']:.2f} | "
                          f"{v['base|onnxruntime'] / v['candidate|onnxruntime']:.2f} | "
                          f"{v['base|pytorch'] / v['candidate|onnxruntime']:.2f} |")
-    (out / "size_cost.md").write_text("\n".join(lines) + "\n")
+    (out / f"{a.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
