@@ -40,10 +40,10 @@ def check(data: Path, n_train: int = 120, n_test: int = 25) -> dict:
     train = list_images(data / "train" / "good")[:n_train]
     test = list_images(data / "test" / "good")[:n_test]
     feats = []
-    for _, img in iter_images(train + test, cfg.preprocess):
+    for _, img in iter_images(train + test, cfg.preprocess):  # plain patch features (context 0): the look
         canvases, _ = make_canvases(img, cfg.preprocess)
         feats.append(extract_features(bb, canvases[:1], cfg.backbone.mean, cfg.backbone.std, cfg.scoring.pool,
-                                      "cpu")[0].numpy().ravel())
+                                      "cpu", 0)[0].numpy().ravel())
     v = np.stack(feats)
     v = (v - v.mean(0)) / (v.std(0) + 1e-6)
     n = len(train)

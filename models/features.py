@@ -54,12 +54,12 @@ def patch_features(maps: list[torch.Tensor], pool: int, context: int = 0) -> tor
 
 
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
-                     std: tuple[float, ...], pool: int, device: torch.device, context: int = 0) -> torch.Tensor:
+                     std: tuple[float, ...], pool: int, device: torch.device, context: int) -> torch.Tensor:
     """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (fp32 on every device: see models.config.PRECISION)."""
     return backbone_features(backbone, to_batch(canvases, mean, std, device), pool, context)
 
 
-def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int, context: int = 0) -> torch.Tensor:
+def backbone_features(backbone: torch.nn.Module, x: torch.Tensor, pool: int, context: int) -> torch.Tensor:
     """Normalised (N, 3, S, S) batch -> raw (N, h, w, C) patch features, in fp32 on every device."""
     with record_function("backbone"):
         maps = backbone(x)

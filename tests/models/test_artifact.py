@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 
 from models.artifact import ArtifactError, load_artifact, save_artifact
+from models.config import ModelConfig, ScoringConfig
 from models.detector import Detector
 from models.imageio import list_images
+from training.calibrate import CalibrationConfig
+from training.fit import FitConfig
+from training.pipeline import fit_calibrated
 
 
 def _scores(det, images):
@@ -81,9 +85,14 @@ def test_failed_write_leaves_existing_file_intact(artifact, tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]  # no temp file left behind
 
 
-def test_artifact_written_before_the_context_setting_loads_as_it_scored(artifact, detector, dataset, tmp_path):
+def test_artifact_written_before_the_context_setting_loads_as_it_scored(dataset, tmp_path):
     """An artifact whose config predates `scoring.context` loads with context 0 (what it computed then),
     scores bit-identically, and a config missing any other field is still refused."""
+    detector = fit_calibrated(list_images(dataset / "train" / "good"), ModelConfig(scoring=ScoringConfig(context=0)),
+                              FitConfig(steps=60, batch_size=512, max_patches=20_000),
+                              CalibrationConfig(alpha=0.1, fraction=0.25, min_count=12), "cpu")
+    artifact = tmp_path / "no_context.safetensors"
+    detector.save(artifact)
     cfg, meta, tensors = load_artifact(artifact)
     older = json.loads(json.dumps(cfg))
     del older["scoring"]["context"]

@@ -39,7 +39,8 @@ def test_a_context_model_fits_saves_and_rebuilds_itself(dataset, detector, tmp_p
     config = ModelConfig(scoring=ScoringConfig(context=5))
     det = fit_calibrated(list_images(dataset / "train" / "good"), config, FitConfig(steps=60, batch_size=512,
                          max_patches=20_000), CalibrationConfig(alpha=0.1, fraction=0.25, min_count=12), "cpu")
-    assert det.sae.d_in == 2 * detector.sae.d_in  # the SAE rebuilds patch and neighbourhood together
+    plain = patch_features(detector.backbone(torch.zeros(1, 3, 64, 64)), 3)  # one patch's own feature
+    assert det.sae.d_in == 2 * plain.shape[1]  # the SAE rebuilds patch and neighbourhood together
     images = [det.read(p) for p in list_images(dataset / "test")[:3]]
     det.save(tmp_path / "ctx.safetensors")
     loaded = Detector.from_artifact(tmp_path / "ctx.safetensors", "cpu")

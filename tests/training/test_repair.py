@@ -35,7 +35,7 @@ def _errors(det, paths, seed=5):
         corrupted, cells = defect_copy(rng, img, cfg.preprocess, grid, 2 * i)
         valid = valid_cells(layout, grid)
         feats = extract_features(det.backbone, np.concatenate([clean, corrupted]), cfg.backbone.mean,
-                                 cfg.backbone.std, cfg.scoring.pool, "cpu").float()
+                                 cfg.backbone.std, cfg.scoring.pool, "cpu", cfg.scoring.context).float()
         x = standardize(feats, det.feat_mean, det.feat_std)
         err = patch_error(x, det.sae(x).x_hat)
         good.append(err[: len(clean)][torch.from_numpy(valid & ~cells)])
