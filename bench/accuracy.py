@@ -60,9 +60,10 @@ VARIANTS = {
     "size256": ("canvas 256 px (the default before)", {"preprocess": S256}, {}, {}),
     "size256_seed1": ("canvas 256 px, fit seed 1", {"preprocess": S256}, {"seed": 1}, {}),
     "size256_seed2": ("canvas 256 px, fit seed 2", {"preprocess": S256}, {"seed": 2}, {}),
-    "seed1": ("the default with fit seed 1 (patch sample, SAE start, synthetic defects; default seed 0)", {},
-              {"seed": 1}, {}),
-    "seed2": ("the default with fit seed 2", {}, {"seed": 2}, {}),
+    "context0_384": ("384 px without context (the default before 2026-12-03)", {"scoring": {"context": 0}}, {}, {}),
+    "context0_384_seed1": ("384 px without context, fit seed 1 (patch sample, SAE start, synthetic defects; "
+                           "default seed 0)", {"scoring": {"context": 0}}, {"seed": 1}, {}),
+    "context0_384_seed2": ("384 px without context, fit seed 2", {"scoring": {"context": 0}}, {"seed": 2}, {}),
     "groups_none": ("split of single images (groups none, the previous default), 256 px", {"preprocess": S256}, {},
                     {"groups": "none"}),
     "repair": ("repair-trained SAE (repair 0.5), 256 px", {"preprocess": S256}, {"repair": 0.5}, {}),
@@ -103,6 +104,15 @@ VARIANTS = {
     "none_seed2": ("normalize none, fit seed 2, 256 px", {"preprocess": S256, "scoring": {"normalize": "none"}},
                    {"seed": 2}, {}),
 }
+BEFORE_CONTEXT = ("size256", "size256_seed1", "size256_seed2", "context0_384", "context0_384_seed1",
+                  "context0_384_seed2", "groups_none", "repair", "lite2", "steps1000", "batch1024", "steps1000_lr2",
+                  "steps1500", "pool5", "context7", "context5_x4", "context7_repair", "steps1000_seed1",
+                  "steps1000_seed2", "none", "none_seed1", "none_seed2")
+"""Variants of the default before it took learned context 7 (2026-12-03): each ran without context but where
+it set one, and reruns so."""
+for _name in BEFORE_CONTEXT:
+    _label, _model, _fit, _cal = VARIANTS[_name]
+    VARIANTS[_name] = (_label, {**_model, "scoring": {"context": 0, **_model.get("scoring", {})}}, _fit, _cal)
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
 
 
@@ -348,7 +358,9 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     return [*out, ""]
 
 
-SEED_FAMILIES = {"default (384 px)": {0: DEFAULT, 1: "seed1", 2: "seed2"},
+SEED_FAMILIES = {"default (384 px, context 7)": {0: DEFAULT, 1: "context7_384_seed1", 2: "context7_384_seed2"},
+                 "384 px without context (the default before)": {0: "context0_384", 1: "context0_384_seed1",
+                                                                 2: "context0_384_seed2"},
                  "canvas 256 px (the default before)": {0: "size256", 1: "size256_seed1", 2: "size256_seed2"},
                  "SAE 1000 steps, 256 px": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"}}
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""

@@ -5,7 +5,8 @@ own signal is the AUROC of synthetic defects injected into held-out good selecti
 so the natural rule for the size is the same: fit at each candidate size, keep the one whose chosen scoring
 separates the synthetic defects best. This benchmark evaluates that rule, and the most any per-model size choice
 could gain (an oracle that knows the test split), from the fits `python -m bench.accuracy` already ran at 384 px
-(the default, fit seeds 0/1/2) and 256 px (variants size256, size256_seed1, size256_seed2): the same data split,
+(variants context0_384 and its seeds 1/2, the default before it took learned context) and 256 px (variants
+size256, size256_seed1, size256_seed2), both without context: the same data split,
 the same selection rule with pose jitter, three seeds per set, 12 paired choices. It reads
 bench/results/accuracy.json only (no torch) and writes bench/results/size_choice.{json,md}.
 
@@ -19,16 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.accuracy import VARIANTS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SOURCE = RESULTS / "accuracy.json"
-# seed -> row method per candidate size (the labels bench/accuracy.py writes)
-CANDIDATES = {
-    0: {384: "SAE Inspect (default)", 256: "variant: canvas 256 px (the default before)"},
-    1: {384: "variant: the default with fit seed 1 (patch sample, SAE start, synthetic defects; default seed 0)",
-        256: "variant: canvas 256 px, fit seed 1"},
-    2: {384: "variant: the default with fit seed 2", 256: "variant: canvas 256 px, fit seed 2"},
-}
+# seed -> row method per candidate size: the context-0 fits (both sizes ran without learned context)
+CANDIDATES = {seed: {384: f"variant: {VARIANTS[c384][0]}", 256: f"variant: {VARIANTS[c256][0]}"}
+              for seed, (c384, c256) in enumerate([("context0_384", "size256"), ("context0_384_seed1", "size256_seed1"),
+                                                   ("context0_384_seed2", "size256_seed2")])}
 
 
 def selection_auroc(row: dict) -> float:

@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw error: for parts placed freely, whose image positions do not show the same part of the "
                    "product each time), 'position' or 'position_novelty' (parts held in a fixed pose); "
                    f"default {ScoringConfig.normalize}")
-    m.add_argument("--context", type=int, help="learned context: odd window c >= 3 whose mean follows each "
-                   "patch feature (twice the SAE input; measured in bench/results/accuracy.md), "
+    m.add_argument("--context", type=int, help="learned context: 0 = each patch alone, or an odd window c >= 3 "
+                   "whose mean follows each patch feature (twice the SAE input; measured in "
+                   "bench/results/accuracy.md), "
                    f"default {ScoringConfig.context}")
     f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
     f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
