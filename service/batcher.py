@@ -4,8 +4,8 @@ A bounded asyncio queue per model; a worker takes the first waiting image, waits
 to ``max_wait`` for more (up to ``max_batch``) while more are on their way (requests for
 the model still being decoded: ``arriving``), and runs ``Detector.inspect`` on the
 whole batch in the shared inference thread; with nothing on its way it runs at once, so a
-line posting one image at a time never waits for a batch that cannot fill; explanation requests wait in the same queue
-and run one by one in the same thread. A full queue raises ``QueueFull`` at once, which
+line posting one image at a time never waits for a batch that cannot fill. Explanation
+requests wait in the same queue and run one by one in the same thread. A full queue raises ``QueueFull`` at once, which
 the API turns into 503 + Retry-After, whatever the kind of work.
 """
 
