@@ -62,7 +62,7 @@ def table(rows: list[dict]) -> str:
              "the test split.",
              "",
              "| set | fit seed | selection AUROC 256 / 384 | test image AUROC 256 / 384 | rule picks | better on test "
-             "| rule minus 384 default | oracle minus 384 default |",
+             "| rule minus 384 px | oracle minus 384 px |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, t = r["selection_auroc"], r["test_image_auroc"]
@@ -73,9 +73,9 @@ def table(rows: list[dict]) -> str:
         rule, oracle = np.mean([r["chosen_minus_384"] for r in rows]), np.mean([r["oracle_minus_384"] for r in rows])
         agree = sum(r["chosen"] == r["best_on_test"] for r in rows)
         lines += ["", f"Over {len(rows)} fits: the rule picks 384 px {sum(r['chosen'] == 384 for r in rows)} times and "
-                      f"the size better on test {agree} times; mean change of test image AUROC against the 384 px "
-                      f"default: rule {rule:+.4f}, oracle {oracle:+.4f} (the most any per-model size choice between "
-                      f"these two could gain, at twice the fit's SAE time)."]
+                      f"the size better on test {agree} times; mean change of test image AUROC against 384 px "
+                      f"(both without context): rule {rule:+.4f}, oracle {oracle:+.4f} (the most any per-model size "
+                      f"choice between these two could gain, at twice the fit's SAE time)."]
     return "\n".join(lines) + "\n"
 
 

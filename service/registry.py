@@ -109,6 +109,8 @@ class ModelRegistry:
             yield
         finally:
             self._arriving[name] -= 1
+            if not self._arriving[name]:  # a model unloaded later leaves no entry behind
+                del self._arriving[name]
 
     @property
     def ignored(self) -> dict[str, str]:
