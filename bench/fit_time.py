@@ -1,0 +1,125 @@
+"""Fit time beside anomalib PaDiM's, per shared set, on one machine in one run.
+
+    python -m bench.fit_time                 # every category in ../shared/datasets
+    python -m bench.fit_time ../shared/datasets/tire
+
+For each set, one after the other: our fit as a user runs it (`sae-inspect fit DATA --out M`: the whole
+process, defaults, the validated ONNX export written beside the artifact), then anomalib PaDiM's
+`Engine.fit` at 256 px (its first runs' size) and at 384 px (our canvas), same backbone (the worker of
+bench/anomalib_worker.py, no evaluation). Our time is the command's wall clock (Python start, imports and the
+export included); PaDiM's is `Engine.fit` alone (its process start and imports excluded), so the ratio leans
+against us. Our fit's own phases come from the artifact's `fit_profile_s`. Writes bench/results/fit_time.{json,md}
+and fit_time.png. Run it on a quiet machine: one process at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.anomalib_compare import ensure_anomalib, run_row
+from bench.fit_eval import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+WORK = ROOT / "bench" / "work" / "fit_time"
+RESULTS = ROOT / "bench" / "results"
+PADIM_SIZES = (256, 384)
+
+
+def ours(data: Path, log) -> dict:
+    """Wall seconds of `sae-inspect fit` on `data` with every default, and the fit's own phases."""
+    from models.artifact import load_artifact
+
+    out = WORK / f"{data.name}.safetensors"
+    cmd = [sys.executable, "-m", "training.cli", "fit", str(data), "--out", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=log)
+    wall = time.perf_counter() - t0
+    _, meta, _ = load_artifact(out)
+    onnx = out.with_suffix(".onnx")
+    return {"wall_seconds": wall, "fit_profile_s": meta.get("fit_profile_s"), "export_written": onnx.exists(),
+            "n_train_images": sum(meta.get(k, 0) for k in ("n_fit_images", "n_calibration_images",
+                                                            "n_selection_images"))}
+
+
+def padim(data: Path, size: int, log) -> dict:
+    cmd = [str(ensure_anomalib()), "-m", "bench.anomalib_worker", "--method", "padim", "--data", str(data),
+           "--work", str(WORK / "anomalib"), "--size", str(size), "--no-eval"]
+    return run_row(cmd, log)
+
+
+def table(rows: dict) -> str:
+    lines = [f"Machine: {machine()}; command: `python -m bench.fit_time`; one run, the sets one after the other, "
+             "each set's three fits back to back.", "",
+             "Ours: the wall clock of `sae-inspect fit DATA --out M` with every default (process start, "
+             "features, SAE, scoring choice, calibration, atlas and the validated ONNX export beside the "
+             "artifact). PaDiM: anomalib's `Engine.fit` alone (same backbone, EfficientNet-Lite0), process start "
+             "and imports not counted.", "",
+             "| set | train images | ours: fit + export, s | PaDiM 256 px, s | ours / that | "
+             "PaDiM 384 px (our canvas), s | ours / that | where our fit goes (s; rest: process start, loading, "
+             "the ONNX export and its validation) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        o, p256, p384 = r["ours"], r["padim_256"]["fit_seconds"], r["padim_384"]["fit_seconds"]
+        profile = o["fit_profile_s"] or {}
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in profile.items())
+        phases += f", rest {o['wall_seconds'] - sum(profile.values()):.0f}"
+        lines.append(f"| {name} | {o['n_train_images']} | {o['wall_seconds']:.0f} | {p256:.0f} | "
+                     f"{o['wall_seconds'] / p256:.1f} | {p384:.0f} | {o['wall_seconds'] / p384:.1f} | {phases} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for i, (label, get) in enumerate([("ours (sae-inspect fit, with export)", lambda r: r["ours"]["wall_seconds"]),
+                                      ("PaDiM 256 px", lambda r: r["padim_256"]["fit_seconds"]),
+                                      ("PaDiM 384 px", lambda r: r["padim_384"]["fit_seconds"])]):
+        ax.bar(x + (i - 1) * 0.27, [get(rows[n]) for n in names], 0.27, label=label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("fit seconds (2 cores)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("datasets", nargs="*", type=Path, help="category folders (default: all in ../shared/datasets)")
+    a = p.parse_args()
+    data = [d.resolve() for d in a.datasets] or sorted(d for d in DATASETS.iterdir() if (d / "test").is_dir())
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    res = RESULTS / "fit_time.json"
+    rows = json.loads(res.read_text())["rows"] if res.exists() else {}
+    with open(WORK / "fit_time.log", "a") as log:
+        for d in data:
+            r = rows.setdefault(d.name, {})
+            if "ours" not in r:
+                print(f"[ours] {d.name}", flush=True)
+                r["ours"] = ours(d, log)
+            for size in PADIM_SIZES:
+                if f"padim_{size}" not in r:
+                    print(f"[padim {size}] {d.name}", flush=True)
+                    r[f"padim_{size}"] = padim(d, size, log)
+            res.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    done = {k: v for k, v in rows.items() if {"ours", "padim_256", "padim_384"} <= set(v)}
+    (RESULTS / "fit_time.md").write_text(table(done))
+    plot(done, RESULTS / "fit_time.png")
+    print(table(done))
+
+
+if __name__ == "__main__":
+    main()
