@@ -20,6 +20,7 @@ import torch
 
 from bench.fit_eval import machine
 from models.detector import Detector
+from models.features import scored_part
 from models.preprocess import make_canvases, stitch
 from models.sae import patch_error
 from models.scoring import normalize_positions, reference_maps
@@ -34,7 +35,8 @@ DATA = ROOT.parent / "shared" / "datasets"
 def reference_canvas_maps(det: Detector, canvases: np.ndarray) -> np.ndarray:
     f = det.features(canvases)
     z, _ = det.sae.encode(f.flatten(0, 2))
-    err = patch_error(f, det.sae.decode(z).view_as(f))
+    err = patch_error(scored_part(f, det.config.scoring.error), scored_part(det.sae.decode(z).view_as(f),
+                                                                           det.config.scoring.error))
     z = z.view(*f.shape[:3], -1)
     s, stats = det.config.scoring, det.score_stats
     score = err

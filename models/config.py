@@ -132,6 +132,11 @@ class ScoringConfig:
     7 by default (since 2026-12-03): over the four shared sets and three fit seeds at 384 px, mean image AUROC
     0.884 against 0.871 without context (ahead on every set), AUPRO 0.767 against 0.784 (deeppcb 0.610 against
     0.677: blurrier maps); bench/results/accuracy.md."""
+    error: str = "all"
+    """Which of a patch's features its reconstruction error is taken over: 'all', or with learned context
+    'patch' (the patch's own features only: the SAE still rebuilds the neighbourhood mean, which shapes the code
+    it picks, but a defect's error stays on its own cells instead of spreading over every neighbourhood that
+    contains it)."""
     sigma: float = 4.0
     """Gaussian smoothing of the anomaly map, in canvas pixels."""
     image_score: str = "top_mean"
@@ -153,6 +158,11 @@ class ScoringConfig:
             raise ValueError(f"pool must be an odd positive integer, got {self.pool}")
         if self.context != 0 and (self.context < 3 or self.context % 2 == 0):
             raise ValueError(f"context must be 0 or an odd integer >= 3, got {self.context}")
+        if self.error not in ("all", "patch"):
+            raise ValueError(f"error must be all or patch, got {self.error!r}")
+        if self.error == "patch" and not self.context:
+            raise ValueError("error 'patch' needs learned context (context >= 3): without it every feature is the "
+                             "patch's own")
         if self.sigma < 0:
             raise ValueError("sigma must be >= 0")
         if self.image_score not in ("max", "top_mean"):
@@ -161,9 +171,10 @@ class ScoringConfig:
             raise ValueError("top_fraction must be in (0, 1]")
 
 
-ADDED_LATER: dict[str, dict[str, Any]] = {"ScoringConfig": {"context": 0}}
+ADDED_LATER: dict[str, dict[str, Any]] = {"ScoringConfig": {"context": 0, "error": "all"}}
 """Config fields newer than some artifacts, each with the one value under which the older build computed
-exactly what it did (no context): an artifact without the field loads as what it was, never as a guess."""
+exactly what it did (no context; error over all features): an artifact without the field loads as what it was,
+never as a guess."""
 
 PRECISION = "fp32"
 """The precision every runtime computes in: fit, calibration, PyTorch CPU/CUDA serving and the ONNX graph.

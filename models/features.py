@@ -53,6 +53,13 @@ def patch_features(maps: list[torch.Tensor], pool: int, context: int = 0) -> tor
     return f
 
 
+def scored_part(f: torch.Tensor, error: str) -> torch.Tensor:
+    """(..., C) patch features (or their reconstruction) -> the part the reconstruction error is taken over:
+    all of it, or for error 'patch' the patch's own first half (the context mean that `patch_features` appends
+    is left out)."""
+    return f[..., : f.shape[-1] // 2] if error == "patch" else f
+
+
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],
                      std: tuple[float, ...], pool: int, device: torch.device, context: int) -> torch.Tensor:
     """(N, S, S, 3) canvases -> raw (N, h, w, C) patch features (fp32 on every device: see models.config.PRECISION)."""

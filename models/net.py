@@ -16,7 +16,7 @@ from torch.profiler import record_function
 
 from models.backbone import Backbone
 from models.config import ModelConfig
-from models.features import backbone_features, normalize_canvases, standardize
+from models.features import backbone_features, normalize_canvases, scored_part, standardize
 from models.geometry import FeatureGrid
 from models.sae import TopKSAE, patch_error
 from models.scoring import apply_map_operator, latent_novelty, map_operator, normalize_positions
@@ -67,6 +67,7 @@ class ScoringNet(nn.Module):
         super().__init__()
         self.backbone, self.sae = backbone, sae
         self.normalize, self.pool, self.context = config.scoring.normalize, config.scoring.pool, config.scoring.context
+        self.error = config.scoring.error
         device = feat_mean.device
         self.register_buffer("mean", torch.tensor(config.backbone.mean, device=device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.backbone.std, device=device).view(1, 3, 1, 1))
@@ -96,7 +97,8 @@ class ScoringNet(nn.Module):
         with record_function("sae_encode"):
             values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
         with record_function("sae_decode"):
-            err = patch_error(f, self.sae.decode_topk(values, indices, self.portable).view_as(f))  # (B, h, w)
+            rebuilt = self.sae.decode_topk(values, indices, self.portable).view_as(f)
+            err = patch_error(scored_part(f, self.error), scored_part(rebuilt, self.error))  # (B, h, w)
         with record_function("maps"):
             values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
             maps = self.score_maps(err, values, indices, self.normalize)

@@ -46,7 +46,7 @@ MODEL_FLAGS = {  # flag -> (config section, field)
     "tile_scale": ("preprocess", "tile_scale"), "overlap": ("preprocess", "overlap"),
     "expansion": ("sae", "expansion"), "k": ("sae", "k"),
     "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"), "context": ("scoring", "context"),
-    "normalize": ("scoring", "normalize"),
+    "normalize": ("scoring", "normalize"), "error": ("scoring", "error"),
 }
 _SECTIONS = {"backbone": BackboneConfig, "preprocess": PreprocessConfig, "sae": SAEConfig, "scoring": ScoringConfig}
 
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose mean follows each patch feature (twice the SAE input; measured in "
                    "bench/results/accuracy.md), "
                    f"default {ScoringConfig.context}")
+    m.add_argument("--error", choices=["all", "patch"], help="with learned context, the features a patch's "
+                   "reconstruction error is taken over: 'all', or 'patch' (its own, not the neighbourhood mean); "
+                   f"default {ScoringConfig.error}")
     f.add_argument("--steps", type=int, default=FitConfig.steps, help=f"default {FitConfig.steps}")
     f.add_argument("--max-patches", type=int, default=FitConfig.max_patches,
                    help=f"default {FitConfig.max_patches}")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.backbone_runtime import offline_backbone
 from models.config import ModelConfig, PreprocessConfig
 from models.detector import Detector, shared_backbone
-from models.features import extract_features, fit_standardization, standardize
+from models.features import extract_features, fit_standardization, scored_part, standardize
 from models.geometry import FeatureGrid
 from models.net import ScoreStats
 from models.preprocess import Picture, as_float, make_canvases, valid_cells
@@ -301,7 +301,7 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     t_sae = time.perf_counter() - t1
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()) + f" ({t_sae:.1f}s)")
     t1 = time.perf_counter()
-    codes = reservoir_codes(sae, x)  # one SAE pass over the reservoir serves the atlas and the statistics
+    codes = reservoir_codes(sae, x, config.scoring.error)  # one SAE pass: the atlas and the statistics
     atlas = None
     if fit_cfg.atlas_crops:
         from training.atlas import build_atlas
@@ -330,13 +330,15 @@ class Codes(NamedTuple):
 
 
 @torch.no_grad()
-def reservoir_codes(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> Codes:
-    """(N, d) standardised patches -> their active latents and errors, by the inference path (k atoms)."""
+def reservoir_codes(sae: TopKSAE, x: torch.Tensor, error: str, chunk: int = 8192) -> Codes:
+    """(N, d) standardised patches -> their active latents and errors (over the features `error` names), by the
+    inference path (k atoms)."""
     sae = sae.cpu()
     parts = []
     for i in range(0, len(x), chunk):
         values, indices = sae.encode_topk(x[i : i + chunk])
-        parts.append((values, indices, patch_error(x[i : i + chunk], sae.decode_topk(values, indices))))
+        rebuilt = sae.decode_topk(values, indices)
+        parts.append((values, indices, patch_error(scored_part(x[i : i + chunk], error), scored_part(rebuilt, error))))
     return Codes(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
 
