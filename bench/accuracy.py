@@ -374,6 +374,8 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
 
 
 SEED_FAMILIES = {"default (384 px, context 7)": {0: DEFAULT, 1: "context7_384_seed1", 2: "context7_384_seed2"},
+                 "context 7, error over each patch's own features": {0: "error_patch", 1: "error_patch_seed1",
+                                                                     2: "error_patch_seed2"},
                  "384 px without context (the default before)": {0: "context0_384", 1: "context0_384_seed1",
                                                                  2: "context0_384_seed2"},
                  "canvas 256 px (the default before)": {0: "size256", 1: "size256_seed1", 2: "size256_seed2"},
