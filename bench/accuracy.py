@@ -335,10 +335,14 @@ def _mark(row: dict) -> str:
     return " †" if row.get("selection") and not _jittered(row) else ""
 
 
+def variant_methods() -> list[str]:
+    """The table rows of every variant, those that can rerun and the retired ones."""
+    return [f"variant: {v[0]}" for v in VARIANTS.values()] + [f"variant: {label}" for label in RETIRED.values()]
+
+
 def summary_table(rows: dict, datasets: list[str]) -> list[str]:
     """Image AUROC per set and mean for ours, the peers and every variant (the README's table)."""
-    methods = [DEFAULT, *PEERS] + [f"variant: {v[0]}" for v in VARIANTS.values()] + [
-        f"variant: {label}" for label in RETIRED.values()]
+    methods = [DEFAULT, *PEERS] + variant_methods()
     out = ["| method | " + " | ".join(datasets) + " | mean image AUROC | mean AUPRO@30% | mean recall at alpha 0.01 "
            "| mean false alarms on test/good |", "|---|" + "---|" * (len(datasets) + 4)]
     for m in methods:
@@ -453,7 +457,7 @@ def write_tables(rows: dict, datasets: list[str]) -> str:
            "held-out selection image also counted as good moved by a 1 % pose jitter (`training/select.py`); their "
            "choice may differ under the current one.", "", "### Summary", "", *summary_table(rows, datasets)]
     methods = ([DEFAULT, *PEERS] + [f"ablation: {a[0]}" for a in ABLATION]
-               + [f"variant: {v[0]}" for v in VARIANTS.values()] + [f"variant: {label}" for label in RETIRED.values()])
+               + variant_methods())
     for ds in datasets:
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
         if not got:

@@ -20,9 +20,8 @@ import torch
 
 from bench.fit_eval import machine
 from models.detector import Detector
-from models.features import scored_part
+from models.features import scored_error
 from models.preprocess import make_canvases, stitch
-from models.sae import patch_error
 from models.scoring import normalize_positions, reference_maps
 from training.data import mvtec_test_set
 from training.metrics import auroc
@@ -35,8 +34,7 @@ DATA = ROOT.parent / "shared" / "datasets"
 def reference_canvas_maps(det: Detector, canvases: np.ndarray) -> np.ndarray:
     f = det.features(canvases)
     z, _ = det.sae.encode(f.flatten(0, 2))
-    err = patch_error(scored_part(f, det.config.scoring.error), scored_part(det.sae.decode(z).view_as(f),
-                                                                           det.config.scoring.error))
+    err = scored_error(f, det.sae.decode(z).view_as(f), det.config.scoring.error)
     z = z.view(*f.shape[:3], -1)
     s, stats = det.config.scoring, det.score_stats
     score = err

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from models.sae import patch_error
+
 
 def to_device(canvases: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, H, W, 3) float RGB canvases -> the same as a float32 tensor on `device`: one transfer per batch,
@@ -53,11 +55,11 @@ def patch_features(maps: list[torch.Tensor], pool: int, context: int = 0) -> tor
     return f
 
 
-def scored_part(f: torch.Tensor, error: str) -> torch.Tensor:
-    """(..., C) patch features (or their reconstruction) -> the part the reconstruction error is taken over:
-    all of it, or for error 'patch' the patch's own first half (the context mean that `patch_features` appends
-    is left out)."""
-    return f[..., : f.shape[-1] // 2] if error == "patch" else f
+def scored_error(f: torch.Tensor, rebuilt: torch.Tensor, error: str) -> torch.Tensor:
+    """(..., C) patch features and their reconstruction -> (...) mean squared error over the part `error` names:
+    all of it, or for 'patch' the patch's own first half (the context mean `patch_features` appends left out)."""
+    keep = f.shape[-1] // 2 if error == "patch" else f.shape[-1]
+    return patch_error(f[..., :keep], rebuilt[..., :keep])
 
 
 def extract_features(backbone: torch.nn.Module, canvases: np.ndarray, mean: tuple[float, ...],

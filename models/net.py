@@ -16,9 +16,9 @@ from torch.profiler import record_function
 
 from models.backbone import Backbone
 from models.config import ModelConfig
-from models.features import backbone_features, normalize_canvases, scored_part, standardize
+from models.features import backbone_features, normalize_canvases, scored_error, standardize
 from models.geometry import FeatureGrid
-from models.sae import TopKSAE, patch_error
+from models.sae import TopKSAE
 from models.scoring import apply_map_operator, latent_novelty, map_operator, normalize_positions
 
 
@@ -98,7 +98,7 @@ class ScoringNet(nn.Module):
             values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
         with record_function("sae_decode"):
             rebuilt = self.sae.decode_topk(values, indices, self.portable).view_as(f)
-            err = patch_error(scored_part(f, self.error), scored_part(rebuilt, self.error))  # (B, h, w)
+            err = scored_error(f, rebuilt, self.error)  # (B, h, w)
         with record_function("maps"):
             values, indices = values.view(*f.shape[:3], -1), indices.view(*f.shape[:3], -1)
             maps = self.score_maps(err, values, indices, self.normalize)

@@ -24,11 +24,11 @@ from tqdm import tqdm
 from models.backbone_runtime import offline_backbone
 from models.config import ModelConfig, PreprocessConfig
 from models.detector import Detector, shared_backbone
-from models.features import extract_features, fit_standardization, scored_part, standardize
+from models.features import extract_features, fit_standardization, scored_error, standardize
 from models.geometry import FeatureGrid
 from models.net import ScoreStats
 from models.preprocess import Picture, as_float, make_canvases, valid_cells
-from models.sae import TopKSAE, patch_error, training_losses
+from models.sae import TopKSAE, training_losses
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 from training.data import iter_images
 from training.defects import SYNTHETIC_KINDS, synthetic_defect
@@ -337,8 +337,7 @@ def reservoir_codes(sae: TopKSAE, x: torch.Tensor, error: str, chunk: int = 8192
     parts = []
     for i in range(0, len(x), chunk):
         values, indices = sae.encode_topk(x[i : i + chunk])
-        rebuilt = sae.decode_topk(values, indices)
-        parts.append((values, indices, patch_error(scored_part(x[i : i + chunk], error), scored_part(rebuilt, error))))
+        parts.append((values, indices, scored_error(x[i : i + chunk], sae.decode_topk(values, indices), error)))
     return Codes(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
 
