@@ -46,13 +46,15 @@ def moved_picture(rng: np.random.Generator, picture: Picture, jitter: float) -> 
     return Picture(px, (round(oh * px.shape[0] / h), round(ow * px.shape[1] / w)))
 
 
-def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 0, copies: int = 2,
+def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 0, copies: int = 3,
                          n_boot: int = 400, level: float = 0.95, placement: str = "uniform",
                          jitter: float = 0.01) -> tuple[str, dict[str, Any]]:
     """-> (chosen normalisation, the table it was chosen from).
 
     `paths` are held-out good images (the selection split: they fitted nothing chosen between). Each
-    gets `copies` synthetic defects of different kinds and, as a second good image, a copy moved by a
+    gets `copies` synthetic defects of different kinds (3 by default: one of each; 2 until 2026-12-04, whose
+    choice on magnetic_tile flipped to the raw error in one fit of six at a cost of 0.067 test AUROC:
+    bench/results/selection_seeds.md) and, as a second good image, a copy moved by a
     pose jitter of `jitter` x its long side (0: none). A candidate replaces the simplest score
     (``none``) only when its AUROC lead is significant: the lower end of a one-sided `level` bootstrap
     interval over the selection images (paired: the same resample for every candidate) is above zero;

@@ -1,0 +1,116 @@
+"""Where do the false alarms on test/good come from? Calibration scores beside test/good scores, per part.
+
+    python -m bench.far_groups [set ...]
+
+The split-conformal threshold holds its alpha for new good images exchangeable with the calibration images.
+On each fitted default model (bench/work/accuracy_<set>.safetensors, from `python -m bench.accuracy`) this
+scores the calibration split the fit used and the set's test/good images, and reports the false-alarm rate,
+the two score distributions (median, 99th percentile, two-sample Kolmogorov-Smirnov statistic) and, where the
+set's file names name the physical part (GROUPS: deeppcb's first five digits are the board), the same per part.
+A test/good part whose scores sit above its calibration images' is a new-part shift that no threshold set on
+the training parts can cover at alpha. Backbone features come from the disk cache (bench/feature_cache.py).
+Writes bench/results/far_groups.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+
+from bench.accuracy import DATASETS, RESULTS, WORK
+from bench.feature_cache import cached_backbones
+from bench.fit_eval import machine
+
+GROUPS = {"deeppcb": r"^\d{5}"}
+"""Sets whose file names say which part an image shows (the regular expression's match is the part)."""
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest gap between the two empirical distribution functions."""
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def summary(cal: np.ndarray, test: np.ndarray, threshold: float) -> dict:
+    return {"n_cal": len(cal), "n_test_good": len(test), "false_alarms": int((test > threshold).sum()),
+            "false_alarm_rate": float((test > threshold).mean()) if len(test) else None,
+            "cal_median": float(np.median(cal)) if len(cal) else None,
+            "test_median": float(np.median(test)) if len(test) else None,
+            "cal_p99": float(np.quantile(cal, 0.99)) if len(cal) else None,
+            "test_p99": float(np.quantile(test, 0.99)) if len(test) else None,
+            "ks": ks_statistic(cal, test) if len(cal) and len(test) else None}
+
+
+def measure(name: str) -> dict:
+    import torch
+
+    from models.detector import Detector
+    from training.calibrate import CalibrationConfig, score_files, split_images
+    from training.data import good_images
+
+    torch.set_num_threads(2)
+    data = DATASETS / name
+    det = Detector.from_artifact(WORK / f"accuracy_{name}.safetensors", device="cpu")
+    split = split_images(good_images([data]), CalibrationConfig())
+    test_paths = sorted((data / "test" / "good").iterdir())
+    with cached_backbones(WORK / "feature_cache"):
+        cal_paths, cal, _ = score_files(det, split.calibrate, desc=f"{name} calibration")
+        test_paths, test, _ = score_files(det, test_paths, desc=f"{name} test/good")
+    threshold = det.calibration.threshold
+    out = {"dataset": name, "alpha": det.calibration.alpha, "threshold": threshold, **summary(cal, test, threshold)}
+    if name in GROUPS:
+        part = re.compile(GROUPS[name])
+        cal_g = np.array([part.match(p.name).group(0) for p in cal_paths])
+        test_g = np.array([part.match(p.name).group(0) for p in test_paths])
+        out["parts"] = {g: summary(cal[cal_g == g], test[test_g == g], threshold) for g in sorted(set(test_g))}
+    return out
+
+
+def _f(v, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def table(rows: dict) -> str:
+    out = [f"Machine: {machine()}; command: `python -m bench.far_groups`. Each set's fitted default model "
+           "(bench/work/accuracy_<set>.safetensors): the calibration split its fit used and test/good, scored by "
+           "the same model. KS: two-sample Kolmogorov-Smirnov statistic between the two score distributions "
+           "(0: same; with these counts, above about 0.2 is unlikely by chance).", "",
+           "| set | alpha | n cal | n test/good | false alarms | rate | median cal / test | p99 cal / test | KS |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        out.append(f"| {r['dataset']} | {r['alpha']:.3g} | {r['n_cal']} | {r['n_test_good']} | {r['false_alarms']} | "
+                   f"{_f(r['false_alarm_rate'], '.3f')} | {_f(r['cal_median'])} / {_f(r['test_median'])} | "
+                   f"{_f(r['cal_p99'])} / {_f(r['test_p99'])} | {_f(r['ks'])} |")
+    for r in rows.values():
+        if "parts" not in r:
+            continue
+        out += ["", f"### {r['dataset']}, per part (file names `{GROUPS[r['dataset']]}`; threshold "
+                f"{r['threshold']:.2f})", "",
+                "| part | n cal | n test/good | false alarms | median cal / test | p99 cal / test | KS |",
+                "|---|---|---|---|---|---|---|"]
+        for g, s in r["parts"].items():
+            out.append(f"| {g} | {s['n_cal']} | {s['n_test_good']} | {s['false_alarms']} | {_f(s['cal_median'])} / "
+                       f"{_f(s['test_median'])} | {_f(s['cal_p99'])} / {_f(s['test_p99'])} | {_f(s['ks'])} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("datasets", nargs="*", help="set names (default: every fitted set in bench/work)")
+    a = p.parse_args()
+    names = a.datasets or sorted(d.name for d in DATASETS.iterdir()
+                                 if (WORK / f"accuracy_{d.name}.safetensors").exists())
+    rows = {n: measure(n) for n in names}
+    (RESULTS / "far_groups.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    md = table(rows)
+    (RESULTS / "far_groups.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
