@@ -43,9 +43,32 @@ def _set_of(model: Path) -> Path:
 
 
 def describe(det: Detector) -> str:
-    """A model's column label: its canvas, and its learned context where it has one."""
+    """A model's column label: its canvas, its learned context where it has one, and its SAE's atoms."""
     context = det.config.scoring.context
-    return f"{det.config.preprocess.size} px" + (f", context {context}" if context else "")
+    return (f"{det.config.preprocess.size} px" + (f", context {context}" if context else "")
+            + f", {det.sae.W_dec.shape[1]} atoms")
+
+
+def table(result: dict, command: str) -> str:
+    """The results file's table, from its JSON."""
+    b, c, med = result["models"]["base"], result["models"]["candidate"], result["median_images_per_s"]
+    lines = [f"Machine: {result['machine']}, {result['threads']} intra-op threads; base `{result['base']}` ({b}), "
+             f"candidate `{result['candidate']}` ({c}); median of {result['rounds']} interleaved rounds of "
+             f"{result['seconds']:g} s per cell; command: `{command}`", "",
+             "`inspect` images/s; cost = base images/s / candidate images/s (1.5 = the candidate takes 1.5 x the "
+             "time); ONNX Runtime is the service's default CPU runtime, PyTorch eager the runtime before it", "",
+             f"| image | batch | {b} PyTorch | {b} ONNX Runtime | {c} PyTorch | {c} ONNX Runtime | "
+             f"cost, PyTorch | cost, ONNX Runtime | {c} ONNX Runtime against {b} PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keys = ("base|pytorch", "base|onnxruntime", "candidate|pytorch", "candidate|onnxruntime")
+    for name in SIZES:
+        for bs in (1, 8):
+            v = {k: med[f"{k}|{name}|{bs}"] for k in keys}
+            lines.append(f"| {name} | {bs} | " + " | ".join(f"{v[k]:.1f}" for k in keys) + " | "
+                         f"{v['base|pytorch'] / v['candidate|pytorch']:.2f} | "
+                         f"{v['base|onnxruntime'] / v['candidate|onnxruntime']:.2f} | "
+                         f"{v['base|pytorch'] / v['candidate|onnxruntime']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -56,7 +79,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--out", default="size_cost", help="results file name under bench/results")
+    p.add_argument("--table-only", action="store_true",
+                   help="rewrite <out>.md from <out>.json (column labels read from the two models)")
     a = p.parse_args()
+    out = ROOT / "bench" / "results"
+    command = f"python -m bench.size_cost --base {a.base} --candidate {a.candidate} --out {a.out}"
+    if a.table_only:
+        result = json.loads((out / f"{a.out}.json").read_text())
+        result["models"] = {role: describe(Detector.from_artifact(path, "cpu"))
+                            for role, path in (("base", a.base), ("candidate", a.candidate))}
+        (out / f"{a.out}.md").write_text(table(result, command))
+        return
     for m in (a.base, a.candidate):
         if not m.is_file():
             raise SystemExit(f"{m}: no such model; fit it with `python -m bench.accuracy` (--variants size256)")
@@ -85,28 +118,11 @@ def main() -> None:
     result = {"machine": machine(), "threads": torch.get_num_threads(), "base": a.base.name,
               "candidate": a.candidate.name, "models": sizes, "rounds": a.rounds, "seconds": a.seconds,
               "median_images_per_s": med, "samples": samples}
-    out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{a.out}.json").write_text(json.dumps(result, indent=2))
-    b, c = sizes["base"], sizes["candidate"]
-    lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; base `{a.base.name}` ({b}), "
-             f"candidate `{a.candidate.name}` ({c}); median of {a.rounds} interleaved rounds of "
-             f"{a.seconds:g} s per cell; command: `python -m bench.size_cost --base {a.base} --candidate "
-             f"{a.candidate} --out {a.out}`", "",
-             "`inspect` images/s; cost = base images/s / candidate images/s (1.5 = the candidate takes 1.5 x the "
-             "time); ONNX Runtime is the service's default CPU runtime, PyTorch eager the runtime before it", "",
-             f"| image | batch | {b} PyTorch | {b} ONNX Runtime | {c} PyTorch | {c} ONNX Runtime | "
-             f"cost, PyTorch | cost, ONNX Runtime | {c} ONNX Runtime against {b} PyTorch |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name in SIZES:
-        for bs in (1, 8):
-            v = {k: med[f"{k}|{name}|{bs}"] for k in runners}
-            lines.append(f"| {name} | {bs} | " + " | ".join(f"{v[k]:.1f}" for k in runners) + " | "
-                         f"{v['base|pytorch'] / v['candidate|pytorch']:.2f} | "
-                         f"{v['base|onnxruntime'] / v['candidate|onnxruntime']:.2f} | "
-                         f"{v['base|pytorch'] / v['candidate|onnxruntime']:.2f} |")
-    (out / f"{a.out}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = table(result, command)
+    (out / f"{a.out}.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
