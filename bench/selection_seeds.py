@@ -16,24 +16,28 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
-from bench.accuracy import DATASETS, RES, RESULTS, SCORING_ROWS, VARIANTS, WORK
+from bench.accuracy import DATASETS, DEFAULT, RES, RESULTS, SCORING_ROWS, SEED_FAMILIES, VARIANTS, WORK
 from bench.fit_eval import machine
 
-MODELS = {"default, fit seed 0": "accuracy_{set}", "default, fit seed 1": "variant_{set}_context7_384_seed1",
-          "default, fit seed 2": "variant_{set}_context7_384_seed2", "expansion 16, fit seed 0":
-          "variant_{set}_expansion16", "expansion 16, fit seed 1": "variant_{set}_expansion16_seed1",
-          "expansion 16, fit seed 2": "variant_{set}_expansion16_seed2"}
-"""Row name -> model file in bench/work (without .safetensors)."""
+FAMILIES = {"default": "default (384 px, context 7)", "expansion 16": "context 7, SAE expansion 16"}
+"""Row label -> the fit family of bench/accuracy.py (SEED_FAMILIES) whose three seeds are rerun."""
+MODELS = {f"{label}, fit seed {seed}": name for label, family in FAMILIES.items()
+          for seed, name in SEED_FAMILIES[family].items()}
+"""Row name -> the DEFAULT method or a variant name of bench/accuracy.py."""
 
 
-def truth(name: str, model: str) -> dict:
-    """Test image AUROC of each scoring for this model, from bench/results/accuracy.json."""
-    rows = json.loads(RES.read_text())["rows"]
-    if model.startswith("accuracy_"):
-        return {c: rows.get(f"{name}|ablation: {lab}", {}).get("image_auroc") for c, lab in SCORING_ROWS.items()}
-    variant = model.removeprefix(f"variant_{name}_")
-    return rows.get(f"{name}|variant: {VARIANTS[variant][0]}", {}).get("test_auroc_by_scoring") or {}
+def model_path(name: str, dataset: str) -> Path:
+    """Where bench/accuracy.py saved that fit of `dataset`."""
+    return WORK / (f"accuracy_{dataset}.safetensors" if name == DEFAULT else f"variant_{dataset}_{name}.safetensors")
+
+
+def truth(rows: dict, dataset: str, name: str) -> dict:
+    """Test image AUROC of each scoring for that fit, from bench/results/accuracy.json's `rows`."""
+    if name == DEFAULT:
+        return {c: rows.get(f"{dataset}|ablation: {lab}", {}).get("image_auroc") for c, lab in SCORING_ROWS.items()}
+    return rows.get(f"{dataset}|variant: {VARIANTS[name][0]}", {}).get("test_auroc_by_scoring") or {}
 
 
 def main() -> None:
@@ -46,30 +50,31 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--sets", default="bsdata_pitting,deeppcb,magnetic_tile,tire")
-    p.add_argument("--copies", default="2,3", help="defects per selection image to compare (fit default: 2)")
+    p.add_argument("--copies", default="2,3",
+                   help="defects per selection image to compare (a fit uses 3; 2 until 2026-12-04)")
     p.add_argument("--seeds", default="0,1,2", help="selection seeds (the fit uses its own seed)")
     a = p.parse_args()
     torch.set_num_threads(2)
     out = RESULTS / "selection_seeds.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else {}
+    accuracy = json.loads(RES.read_text())["rows"]  # each fit's test AUROC by scoring, read once
     for name in a.sets.split(","):
-        select = split_images(good_images([DATASETS / name]), CalibrationConfig()).select
-        for label, pattern in MODELS.items():
-            path = WORK / f"{pattern.format(set=name)}.safetensors"
-            if not path.exists():
+        select = split_images(good_images([DATASETS / name]), CalibrationConfig()).select  # where it was fitted
+        for label, fit in MODELS.items():
+            path = model_path(fit, name)
+            todo = [(c, sd) for c in map(int, a.copies.split(",")) for sd in map(int, a.seeds.split(","))
+                    if f"{name}|{label}|{c}|{sd}" not in rows]
+            if not todo or not path.exists():
                 continue
             det = Detector.from_artifact(path, "cpu")
-            for copies in map(int, a.copies.split(",")):
-                for seed in map(int, a.seeds.split(",")):
-                    key = f"{name}|{label}|{copies}|{seed}"
-                    if key in rows:
-                        continue
-                    choice, table = select_normalization(det, select, seed=seed, copies=copies)  # no feature cache:
-                    # its defect and moved copies are new pixels every draw (the cache would only grow)
-                    rows[key] = {"dataset": name, "model": label, "copies": copies, "seed": seed, "choice": choice,
-                                 "lead_low": table["lead_lower_bound_95"], "truth": truth(name, path.stem)}
-                    print(key, choice, {k: round(v, 3) for k, v in rows[key]["lead_low"].items()}, flush=True)
-                    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+            for copies, seed in todo:
+                key = f"{name}|{label}|{copies}|{seed}"
+                choice, table = select_normalization(det, select, seed=seed, copies=copies)  # no feature cache:
+                # its defect and moved copies are new pixels every draw (the cache would only grow)
+                rows[key] = {"dataset": name, "model": label, "copies": copies, "seed": seed, "choice": choice,
+                             "lead_low": table["lead_lower_bound_95"], "truth": truth(accuracy, name, fit)}
+                print(key, choice, {k: round(v, 3) for k, v in rows[key]["lead_low"].items()}, flush=True)
+                out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     lines = [f"Machine: {machine()}; command: `python -m bench.selection_seeds` (the rows of every run are kept; "
              "the counts say how many seeds each ran)."
              " Each fitted model on its own selection split; the choice rerun per selection seed. Truth: the model's "
