@@ -132,3 +132,70 @@ def test_tile_mode_at_native_scale_is_never_reduced():
     cfg = PreprocessConfig(mode="tile")
     data = encode(Image.fromarray(_big(1100)), "PNG")
     assert decode_image(data, cfg).pixels.shape[:2] == (825, 1100)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _with_chunk(png: bytes, kind: bytes, data: bytes, before: bytes) -> bytes:
+    i = png.index(before) - 4
+    return png[:i] + _chunk(kind, data) + png[i:]
+
+
+def _opencv_calls(monkeypatch) -> list[bytes]:
+    import models.imageio as imageio
+
+    calls, real = [], imageio._decode_png_opencv
+    monkeypatch.setattr(imageio, "_decode_png_opencv", lambda data, *a: calls.append(data) or real(data, *a))
+    return calls
+
+
+def test_plain_pngs_decode_through_opencv_to_pillows_pixels(monkeypatch):
+    from PIL import ImageCms, PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "line camera")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = encode(Image.fromarray(RGB), "PNG")
+    cases = {"rgb": rgb, "gray": encode(Image.fromarray(RGB[..., 1]), "PNG"),
+             "text": encode(Image.fromarray(RGB), "PNG", pnginfo=text),
+             "icc": encode(Image.fromarray(RGB), "PNG", icc_profile=srgb),
+             "gamma": _with_chunk(rgb, b"gAMA", (100_000).to_bytes(4, "big"), before=b"IDAT")}  # gamma 1.0
+    calls = _opencv_calls(monkeypatch)
+    for name, data in cases.items():
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        np.testing.assert_array_equal(decode_image(data, None).pixels, expected, err_msg=name)
+        np.testing.assert_array_equal(decode_image(data, CFG).pixels, expected, err_msg=name)
+    assert len(calls) == 2 * len(cases)
+
+
+def test_pngs_opencv_would_decode_differently_stay_with_pillow(monkeypatch):
+    upright = Image.fromarray(np.zeros((10, 40, 3), np.uint8))
+    exif = upright.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    png = encode(upright, "PNG")
+    late_exif = _with_chunk(png, b"eXIf", exif.tobytes(), before=b"IEND")  # after the pixels: Pillow reads it then
+    cases = {"exif after the pixels": late_exif, "rgba": encode(upright.convert("RGBA"), "PNG"),
+             "transparent colour": encode(upright, "PNG", transparency=(0, 0, 0)),
+             "palette": encode(upright.convert("P"), "PNG"),
+             "16-bit": encode(Image.fromarray(np.zeros((10, 40), np.uint16)), "PNG"),
+             "wider than OpenCV reads": encode(Image.fromarray(np.zeros((1, (1 << 20) + 1, 3), np.uint8)), "PNG")}
+    calls = _opencv_calls(monkeypatch)
+    for name, data in cases.items():
+        decode_image(data, CFG, source=name)
+    assert calls == []
+    assert decode_image(late_exif, CFG).pixels.shape[:2] == (40, 10)  # the orientation is honoured
+
+
+def test_a_plain_png_with_corrupt_pixel_data_is_a_clear_error(monkeypatch):
+    png = encode(Image.fromarray(RGB), "PNG")
+    i = png.index(b"IDAT") + 10
+    broken = png[:i] + bytes([png[i] ^ 0xFF]) + png[i + 1 :]  # chunks intact, pixel data and its CRC disagree
+    calls = _opencv_calls(monkeypatch)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(broken, CFG, source="upload.png")
+    assert calls and e.value.kind == "invalid" and "upload.png" in str(e.value)
