@@ -109,6 +109,8 @@ VARIANTS = {
     "expansion16_seed2": ("SAE expansion 16, fit seed 2", {"sae": {"expansion": 16}}, {"seed": 2}, {}),
     "expansion16_steps1000": ("SAE expansion 16 at 1000 steps (about the default's SAE training time)",
                               {"sae": {"expansion": 16}}, {"steps": 1000}, {}),
+    "size512": ("canvas 512 px (1.8 x the default's pixels and patches; context 7 cells, so a smaller area)",
+                {"preprocess": {"size": 512}}, {}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)

@@ -159,6 +159,12 @@ def fit_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def shown(path: Path) -> Path:
+    """`path` as a command run from the repository root would name it."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", type=Path, default=ROOT / "bench" / "work" / "accuracy_magnetic_tile.safetensors")
@@ -247,7 +253,7 @@ def main() -> None:
     (out / "cost.json").write_text(json.dumps(result, indent=2))
     lines = [f"Machine: {machine()}, {torch.get_num_threads()} intra-op threads; model `{a.model.name}`; median of "
              f"{a.rounds} interleaved rounds of {a.seconds:g} s per cell; command: `python -m bench.cost --model "
-             f"{a.model}`", "",
+             f"{shown(a.model)}`", "",
              "images/s (ratio to the bare PyTorch backbone forward of the same size and batch); http = the "
              "service at concurrency 1 (batch 1 rows) or 8 (batch 8 rows), serving its default runtime (ONNX "
              "Runtime: the export beside the artifact); the load generator shares the same 2 cores", "",
