@@ -144,7 +144,7 @@ def fit_table(rows: list[dict]) -> list[str]:
     lines = ["Fit time per shared set (seconds, 2 cores; ours from `python -m bench.accuracy`, the export "
              "timed here):", "",
              "| set | train images | ours: fit | ours: + export | PaDiM fit, 256 px | ours (with export) / that | "
-             "PaDiM fit, 384 px (our canvas) | ours (with export) / that | PatchCore fit, 256 px | "
+             "PaDiM fit, 384 px | ours (with export) / that | PatchCore fit, 256 px | "
              "where our fit goes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours, exp, padim, padim384 = r["ours_fit_s"], r["export_s"], r["padim_fit_s"], r.get("padim384_fit_s")

@@ -5,11 +5,11 @@
 
 For each set, one after the other: our fit as a user runs it (`sae-inspect fit DATA --out M`: the whole
 process, defaults, the validated ONNX export written beside the artifact), then anomalib PaDiM's
-`Engine.fit` at 256 px (its first runs' size) and at 384 px (our canvas), same backbone (the worker of
-bench/anomalib_worker.py, no evaluation). Our time is the command's wall clock (Python start, imports and the
-export included); PaDiM's is `Engine.fit` alone (its process start and imports excluded), so the ratio leans
-against us. Our fit's own phases come from the artifact's `fit_profile_s`. Writes bench/results/fit_time.{json,md}
-and fit_time.png. Run it on a quiet machine: one process at a time.
+`Engine.fit` at 256 px (its first runs' size) and at 384 px (our canvas until 2026-12-04; 512 px since),
+same backbone (the worker of bench/anomalib_worker.py, no evaluation). Our time is the command's wall clock
+(Python start, imports and the export included); PaDiM's is `Engine.fit` alone (its process start and imports
+excluded), so the ratio leans against us. Our fit's own phases come from the artifact's `fit_profile_s`.
+Writes bench/results/fit_time.{json,md} and fit_time.png. Run it on a quiet machine: one process at a time.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def table(rows: dict) -> str:
              "artifact). PaDiM: anomalib's `Engine.fit` alone (same backbone, EfficientNet-Lite0), process start "
              "and imports not counted.", "",
              "| set | train images | ours: fit + export, s | PaDiM 256 px, s | ours / that | "
-             "PaDiM 384 px (our canvas), s | ours / that | where our fit goes (s; rest: process start, loading, "
+             "PaDiM 384 px, s | ours / that | where our fit goes (s; rest: process start, loading, "
              "the ONNX export and its validation) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():

@@ -1,20 +1,23 @@
-"""Would a per-model canvas size, chosen from good images, beat the one 384 px default?
+"""Would a per-model canvas size, chosen from good images, beat the one default size?
 
 Issue 20 asks for geometry chosen per model from good images, like the scoring choice. The scoring choice's
 own signal is the AUROC of synthetic defects injected into held-out good selection images (training/select.py),
 so the natural rule for the size is the same: fit at each candidate size, keep the one whose chosen scoring
 separates the synthetic defects best. This benchmark evaluates that rule, and the most any per-model size choice
-could gain (an oracle that knows the test split), from the fits `python -m bench.accuracy` already ran at 384 px
-(variants context0_384 and its seeds 1/2, the default before it took learned context) and 256 px (variants
-size256, size256_seed1, size256_seed2), both without context: the same data split,
-the same selection rule with pose jitter, three seeds per set, 12 paired choices. It reads
-bench/results/accuracy.json only (no torch) and writes bench/results/size_choice.{json,md}.
+could gain (an oracle that knows the test split), from fits `python -m bench.accuracy` already ran, for one pair
+of sizes: 256 against 384 px (variants size256* and context0_384*, both without context; the choice the 384 px
+default faced) or 384 against 512 px (variants context7_384* and size512*, both with learned context 7; the
+choice the 512 px default faces). The same data split, the same selection rule with pose jitter, three seeds per
+set, 12 paired choices. It reads bench/results/accuracy.json only (no torch) and writes
+bench/results/size_choice.{json,md} (256 / 384) or size_choice_512.{json,md} (384 / 512).
 
-    python -m bench.size_choice
+    python -m bench.size_choice                  # 256 against 384 px
+    python -m bench.size_choice --pair 384,512
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -25,10 +28,19 @@ from bench.accuracy import VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SOURCE = RESULTS / "accuracy.json"
-# seed -> row method per candidate size: the context-0 fits (both sizes ran without learned context)
-CANDIDATES = {seed: {384: f"variant: {VARIANTS[c384][0]}", 256: f"variant: {VARIANTS[c256][0]}"}
-              for seed, (c384, c256) in enumerate([("context0_384", "size256"), ("context0_384_seed1", "size256_seed1"),
-                                                   ("context0_384_seed2", "size256_seed2")])}
+PAIRS = {(256, 384): ("size_choice", "both without context",
+                      [("size256", "context0_384"), ("size256_seed1", "context0_384_seed1"),
+                       ("size256_seed2", "context0_384_seed2")]),
+         (384, 512): ("size_choice_512", "both with learned context 7",
+                      [("context7_384", "size512"), ("context7_384_seed1", "size512_seed1"),
+                       ("context7_384_seed2", "size512_seed2")])}
+"""(smaller, larger size) -> (results file name, what the fits share, per seed the variants at each size)."""
+
+
+def candidates(pair: tuple[int, int]) -> dict[int, dict[int, str]]:
+    """seed -> row method per candidate size."""
+    return {seed: {size: f"variant: {VARIANTS[v][0]}" for size, v in zip(pair, names, strict=True)}
+            for seed, names in enumerate(PAIRS[pair][2])}
 
 
 def selection_auroc(row: dict) -> float:
@@ -36,10 +48,13 @@ def selection_auroc(row: dict) -> float:
     return row["selection"][row["chosen"]]
 
 
-def choices(rows: dict) -> list[dict]:
+def choices(rows: dict, pair: tuple[int, int] = (256, 384)) -> list[dict]:
+    """One row per (set, seed) with both sizes fitted: each size's selection and test AUROC, the rule's pick and
+    the better size on test; gains are against the larger size (the default of the pair)."""
+    base = pair[1]
     out = []
     for dataset in sorted({r["dataset"] for r in rows.values()}):
-        for seed, methods in CANDIDATES.items():
+        for seed, methods in candidates(pair).items():
             cand = {size: rows.get(f"{dataset}|{m}") for size, m in methods.items()}
             if any(r is None or not r.get("selection") for r in cand.values()):
                 continue
@@ -48,43 +63,48 @@ def choices(rows: dict) -> list[dict]:
             chosen = max(sel, key=sel.get)
             out.append({"dataset": dataset, "seed": seed, "selection_auroc": sel, "test_image_auroc": test,
                         "chosen": chosen, "best_on_test": max(test, key=test.get),
-                        "chosen_minus_384": test[chosen] - test[384],
-                        "oracle_minus_384": max(test.values()) - test[384]})
+                        "chosen_minus_base": test[chosen] - test[base],
+                        "oracle_minus_base": max(test.values()) - test[base]})
     return out
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["Machine: none (reads bench/results/accuracy.json, written by `python -m bench.accuracy` and its size256 "
-             "variants on x86_64, 2 CPU cores, CPU); command: `python -m bench.size_choice`.",
+def table(rows: list[dict], pair: tuple[int, int] = (256, 384)) -> str:
+    (small, large), shared = pair, PAIRS[pair][1]
+    lines = [f"Machine: none (reads bench/results/accuracy.json, written by `python -m bench.accuracy` and its "
+             f"variants on x86_64, 2 CPU cores, CPU); command: `python -m bench.size_choice --pair {small},{large}`.",
              "",
-             "Rule: fit at 256 and 384 px, keep the size whose chosen scoring separates synthetic defects on the "
-             "held-out selection images best (the scoring choice's own signal). Oracle: the size that is better on "
-             "the test split.",
+             f"Rule: fit at {small} and {large} px, keep the size whose chosen scoring separates synthetic defects on "
+             "the held-out selection images best (the scoring choice's own signal). Oracle: the size that is better "
+             "on the test split.",
              "",
-             "| set | fit seed | selection AUROC 256 / 384 | test image AUROC 256 / 384 | rule picks | better on test "
-             "| rule minus 384 px | oracle minus 384 px |",
+             f"| set | fit seed | selection AUROC {small} / {large} | test image AUROC {small} / {large} | rule picks "
+             f"| better on test | rule minus {large} px | oracle minus {large} px |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, t = r["selection_auroc"], r["test_image_auroc"]
-        lines.append(f"| {r['dataset']} | {r['seed']} | {s[256]:.3f} / {s[384]:.3f} | {t[256]:.3f} / {t[384]:.3f} | "
-                     f"{r['chosen']} | {r['best_on_test']} | {r['chosen_minus_384']:+.3f} | "
-                     f"{r['oracle_minus_384']:+.3f} |")
+        lines.append(f"| {r['dataset']} | {r['seed']} | {s[small]:.3f} / {s[large]:.3f} | {t[small]:.3f} / "
+                     f"{t[large]:.3f} | {r['chosen']} | {r['best_on_test']} | {r['chosen_minus_base']:+.3f} | "
+                     f"{r['oracle_minus_base']:+.3f} |")
     if rows:
-        rule, oracle = np.mean([r["chosen_minus_384"] for r in rows]), np.mean([r["oracle_minus_384"] for r in rows])
+        rule, oracle = np.mean([r["chosen_minus_base"] for r in rows]), np.mean([r["oracle_minus_base"] for r in rows])
         agree = sum(r["chosen"] == r["best_on_test"] for r in rows)
-        lines += ["", f"Over {len(rows)} fits: the rule picks 384 px {sum(r['chosen'] == 384 for r in rows)} times and "
-                      f"the size better on test {agree} times; mean change of test image AUROC against 384 px "
-                      f"(both without context): rule {rule:+.4f}, oracle {oracle:+.4f} (the most any per-model size "
+        lines += ["", f"Over {len(rows)} fits: the rule picks {large} px {sum(r['chosen'] == large for r in rows)} "
+                      f"times and the size better on test {agree} times; mean change of test image AUROC against "
+                      f"{large} px ({shared}): rule {rule:+.4f}, oracle {oracle:+.4f} (the most any per-model size "
                       f"choice between these two could gain, at twice the fit's SAE time)."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    rows = choices(json.loads(SOURCE.read_text())["rows"])
-    (RESULTS / "size_choice.json").write_text(json.dumps({"source": str(SOURCE.relative_to(ROOT)), "rows": rows},
-                                                         indent=2))
-    md = table(rows)
-    (RESULTS / "size_choice.md").write_text(md)
+    p = argparse.ArgumentParser()
+    p.add_argument("--pair", default="256,384", choices=[f"{a},{b}" for a, b in PAIRS])
+    pair = tuple(int(x) for x in p.parse_args().pair.split(","))
+    rows = choices(json.loads(SOURCE.read_text())["rows"], pair)
+    name = PAIRS[pair][0]
+    (RESULTS / f"{name}.json").write_text(json.dumps({"source": str(SOURCE.relative_to(ROOT)), "rows": rows},
+                                                     indent=2))
+    md = table(rows, pair)
+    (RESULTS / f"{name}.md").write_text(md)
     print(md)
 
 
