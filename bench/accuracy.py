@@ -51,9 +51,9 @@ SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_
 # anomalib's greedy coreset over ~0.1-0.8 M patches takes 10-30 min per set on 2 cores: capped (see
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
-PEER_SIZES = (256, 384)
+PEER_SIZES = (256, 384, 512)
 """Input sides the anomalib peers ran at (`--peer-size`): 256 px, their first runs; 384 px, our default canvas until
-2026-12-04 (512 px since)."""
+2026-12-04; 512 px, our default canvas since."""
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
 # name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
 S256 = {"size": 256}  # the canvas of the default before it became 384 px: every variant below that names it
@@ -530,7 +530,8 @@ def main() -> None:
     p.add_argument("--no-anomalib", action="store_true", help="only our rows")
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
     p.add_argument("--peer-size", type=int, choices=PEER_SIZES, default=256,
-                   help="input side of the anomalib rows (256: their first runs; 384: our canvas until 2026-12-04)")
+                   help="input side of the anomalib rows (256: their first runs; 384: our canvas until 2026-12-04; "
+                        "512: since)")
     p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}; only these run")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
