@@ -115,6 +115,10 @@ VARIANTS = {
                 {"preprocess": {"size": 512}}, {}, {}),
     "size512_seed1": ("canvas 512 px, fit seed 1", {"preprocess": {"size": 512}}, {"seed": 1}, {}),
     "size512_seed2": ("canvas 512 px, fit seed 2", {"preprocess": {"size": 512}}, {"seed": 2}, {}),
+    "error_patch_512": ("learned context 7, the error over each patch's own features (not its neighbourhood mean), "
+                        "512 px", {"scoring": {"error": "patch"}}, {}, {}),
+    "context9_512": ("learned context 9 x 9 at 512 px (about the area 7 x 7 covers at 384 px)",
+                     {"scoring": {"context": 9}}, {}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.accuracy import PEER_SIZES, peer_name
 from bench.fit_eval import machine
 from bench.images import encode
 from bench.load import load, summary
@@ -119,7 +120,8 @@ def export_times(model: Path) -> dict[str, float]:
 
 
 def fit_rows(exports: dict[str, float]) -> list[dict]:
-    """Per shared set: our fit (and its phases) beside anomalib PaDiM's and PatchCore's, from accuracy.json."""
+    """Per shared set: our fit (and its phases) beside anomalib PaDiM's at each peer size and PatchCore's,
+    from accuracy.json."""
     res = ROOT / "bench" / "results" / "accuracy.json"
     if not res.is_file():
         return []
@@ -128,11 +130,11 @@ def fit_rows(exports: dict[str, float]) -> list[dict]:
     for ds in sorted({r["dataset"] for r in rows.values()}):
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
         ours = got.get("SAE Inspect (default)", {})
-        padim, padim384 = got.get("anomalib PaDiM", {}), got.get("anomalib PaDiM, 384 px", {})
         patchcore = next((r for m, r in got.items() if m.startswith("anomalib PatchCore")), {})
         out.append({"dataset": ds, "ours_fit_s": ours.get("fit_seconds"), "profile_s": ours.get("fit_profile_s"),
-                    "export_s": exports.get(ds), "padim_fit_s": padim.get("fit_seconds"),
-                    "padim384_fit_s": padim384.get("fit_seconds"),
+                    "export_s": exports.get(ds),
+                    "padim_fit_s": {str(s): got.get(peer_name("anomalib PaDiM", s), {}).get("fit_seconds")
+                                    for s in PEER_SIZES},
                     "patchcore_fit_s": patchcore.get("fit_seconds"), "n_train_images": ours.get("n_train_images")})
     return out
 
@@ -141,20 +143,20 @@ def fit_table(rows: list[dict]) -> list[str]:
     def f(v: float | None, fmt: str = ".0f") -> str:
         return "-" if v is None else format(v, fmt)
 
+    head = "".join(f"PaDiM fit, {s} px | ours (with export) / that | " for s in PEER_SIZES)
     lines = ["Fit time per shared set (seconds, 2 cores; ours from `python -m bench.accuracy`, the export "
              "timed here):", "",
-             "| set | train images | ours: fit | ours: + export | PaDiM fit, 256 px | ours (with export) / that | "
-             "PaDiM fit, 384 px | ours (with export) / that | PatchCore fit, 256 px | "
-             "where our fit goes |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| set | train images | ours: fit | ours: + export | {head}PatchCore fit, 256 px | "
+             "where our fit goes |", "|---|---|---|---|" + "---|---|" * len(PEER_SIZES) + "---|---|"]
     for r in rows:
-        ours, exp, padim, padim384 = r["ours_fit_s"], r["export_s"], r["padim_fit_s"], r.get("padim384_fit_s")
+        ours, exp = r["ours_fit_s"], r["export_s"]
 
         def ratio(peer: float | None, ours: float | None = ours, exp: float | None = exp) -> float | None:
             return None if None in (ours, peer) else (ours + (exp or 0.0)) / peer
 
+        padim = "".join(f"{f(v)} | {f(ratio(v), '.1f')} | " for v in (r["padim_fit_s"].get(str(s)) for s in PEER_SIZES))
         phases = ", ".join(f"{k} {v:.0f}" for k, v in (r["profile_s"] or {}).items()) or "-"
-        lines.append(f"| {r['dataset']} | {f(r['n_train_images'])} | {f(ours)} | {f(exp)} | {f(padim)} | "
-                     f"{f(ratio(padim), '.1f')} | {f(padim384)} | {f(ratio(padim384), '.1f')} | "
+        lines.append(f"| {r['dataset']} | {f(r['n_train_images'])} | {f(ours)} | {f(exp)} | {padim}"
                      f"{f(r['patchcore_fit_s'])} | {phases} |")
     return lines
 
