@@ -119,6 +119,8 @@ VARIANTS = {
                         "512 px", {"scoring": {"error": "patch"}}, {}, {}),
     "context9_512": ("learned context 9 x 9 at 512 px (about the area 7 x 7 covers at 384 px)",
                      {"scoring": {"context": 9}}, {}, {}),
+    "cal40_512": ("calibration on 40 % of the good images (default 20 %: at alpha 0.01 a threshold below the largest "
+                  "calibration score needs 199 of them), 512 px", {}, {}, {"fraction": 0.4}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
