@@ -5,7 +5,7 @@
 
 For each set, one after the other: our fit as a user runs it (`sae-inspect fit DATA --out M`: the whole
 process, defaults, the validated ONNX export written beside the artifact), then anomalib PaDiM's
-`Engine.fit` at 256 px (its first runs' size) and at 384 px (our canvas until 2026-12-04; 512 px since),
+`Engine.fit` at 256 px (its first runs' size), 384 px (our canvas until 2026-12-04) and 512 px (ours since),
 same backbone (the worker of bench/anomalib_worker.py, no evaluation). Our time is the command's wall clock
 (Python start, imports and the export included); PaDiM's is `Engine.fit` alone (its process start and imports
 excluded), so the ratio leans against us. Our fit's own phases come from the artifact's `fit_profile_s`.
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 WORK = ROOT / "bench" / "work" / "fit_time"
 RESULTS = ROOT / "bench" / "results"
-PADIM_SIZES = (256, 384)
+PADIM_SIZES = (256, 384, 512)
 
 
 def ours(data: Path, log) -> dict:
@@ -60,17 +60,18 @@ def table(rows: dict) -> str:
              "features, SAE, scoring choice, calibration, atlas and the validated ONNX export beside the "
              "artifact). PaDiM: anomalib's `Engine.fit` alone (same backbone, EfficientNet-Lite0), process start "
              "and imports not counted.", "",
-             "| set | train images | ours: fit + export, s | PaDiM 256 px, s | ours / that | "
-             "PaDiM 384 px, s | ours / that | where our fit goes (s; rest: process start, loading, "
-             "the ONNX export and its validation) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| set | train images | ours: fit + export, s | "
+             + "".join(f"PaDiM {size} px, s | ours / that | " for size in PADIM_SIZES)
+             + "where our fit goes (s; rest: process start, loading, the ONNX export and its validation) |",
+             "|---|---|---|" + "---|---|" * len(PADIM_SIZES) + "---|"]
     for name, r in rows.items():
-        o, p256, p384 = r["ours"], r["padim_256"]["fit_seconds"], r["padim_384"]["fit_seconds"]
+        o = r["ours"]
         profile = o["fit_profile_s"] or {}
         phases = ", ".join(f"{k} {v:.0f}" for k, v in profile.items())
         phases += f", rest {o['wall_seconds'] - sum(profile.values()):.0f}"
-        lines.append(f"| {name} | {o['n_train_images']} | {o['wall_seconds']:.0f} | {p256:.0f} | "
-                     f"{o['wall_seconds'] / p256:.1f} | {p384:.0f} | {o['wall_seconds'] / p384:.1f} | {phases} |")
+        peers = "".join(f"{p:.0f} | {o['wall_seconds'] / p:.1f} | "
+                        for p in (r[f"padim_{size}"]["fit_seconds"] for size in PADIM_SIZES))
+        lines.append(f"| {name} | {o['n_train_images']} | {o['wall_seconds']:.0f} | {peers}{phases} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,10 +85,11 @@ def plot(rows: dict, path: Path) -> None:
     names = list(rows)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for i, (label, get) in enumerate([("ours (sae-inspect fit, with export)", lambda r: r["ours"]["wall_seconds"]),
-                                      ("PaDiM 256 px", lambda r: r["padim_256"]["fit_seconds"]),
-                                      ("PaDiM 384 px", lambda r: r["padim_384"]["fit_seconds"])]):
-        ax.bar(x + (i - 1) * 0.27, [get(rows[n]) for n in names], 0.27, label=label)
+    bars = [("ours (sae-inspect fit, with export)", [rows[n]["ours"]["wall_seconds"] for n in names])]
+    bars += [(f"PaDiM {size} px", [rows[n][f"padim_{size}"]["fit_seconds"] for n in names]) for size in PADIM_SIZES]
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
     ax.set_xticks(x, names)
     ax.set_ylabel("fit seconds (2 cores)")
     ax.legend(fontsize=8)
@@ -115,7 +117,7 @@ def main() -> None:
                     print(f"[padim {size}] {d.name}", flush=True)
                     r[f"padim_{size}"] = padim(d, size, log)
             res.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-    done = {k: v for k, v in rows.items() if {"ours", "padim_256", "padim_384"} <= set(v)}
+    done = {k: v for k, v in rows.items() if {"ours", *(f"padim_{size}" for size in PADIM_SIZES)} <= set(v)}
     (RESULTS / "fit_time.md").write_text(table(done))
     plot(done, RESULTS / "fit_time.png")
     print(table(done))
