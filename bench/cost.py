@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.accuracy import PEER_SIZES, peer_name
+from bench.accuracy import PATCHCORE, PEER_SIZES, peer_name
 from bench.fit_eval import machine
 from bench.images import encode
 from bench.load import load, summary
@@ -130,7 +130,7 @@ def fit_rows(exports: dict[str, float]) -> list[dict]:
     for ds in sorted({r["dataset"] for r in rows.values()}):
         got = {r["method"]: r for r in rows.values() if r["dataset"] == ds}
         ours = got.get("SAE Inspect (default)", {})
-        patchcore = next((r for m, r in got.items() if m.startswith("anomalib PatchCore")), {})
+        patchcore = got.get(PATCHCORE, {})  # its 256 px row
         out.append({"dataset": ds, "ours_fit_s": ours.get("fit_seconds"), "profile_s": ours.get("fit_profile_s"),
                     "export_s": exports.get(ds),
                     "padim_fit_s": {str(s): got.get(peer_name("anomalib PaDiM", s), {}).get("fit_seconds")

@@ -55,7 +55,7 @@ def padim(data: Path, size: int, log) -> dict:
 
 def table(rows: dict) -> str:
     lines = [f"Machine: {machine()}; command: `python -m bench.fit_time`; one run, the sets one after the other, "
-             "each set's three fits back to back.", "",
+             "each set's fits back to back (ours, then PaDiM at each size).", "",
              "Ours: the wall clock of `sae-inspect fit DATA --out M` with every default (process start, "
              "features, SAE, scoring choice, calibration, atlas and the validated ONNX export beside the "
              "artifact). PaDiM: anomalib's `Engine.fit` alone (same backbone, EfficientNet-Lite0), process start "
