@@ -117,8 +117,6 @@ VARIANTS = {
     "size512_seed2": ("canvas 512 px, fit seed 2", {"preprocess": {"size": 512}}, {"seed": 2}, {}),
     "error_patch_512": ("learned context 7, the error over each patch's own features (not its neighbourhood mean), "
                         "512 px", {"scoring": {"error": "patch"}}, {}, {}),
-    "context9_512": ("learned context 9 x 9 at 512 px (about the area 7 x 7 covers at 384 px)",
-                     {"scoring": {"context": 9}}, {}, {}),
     "cal40_512": ("calibration on 40 % of the good images (default 20 %: at alpha 0.01 a threshold below the largest "
                   "calibration score needs 199 of them), 512 px", {}, {}, {"fraction": 0.4}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
