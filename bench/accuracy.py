@@ -119,6 +119,14 @@ VARIANTS = {
                         "512 px", {"scoring": {"error": "patch"}}, {}, {}),
     "cal40_512": ("calibration on 40 % of the good images (default 20 %: at alpha 0.01 a threshold below the largest "
                   "calibration score needs 199 of them), 512 px", {}, {}, {"fraction": 0.4}),
+    "size640": ("canvas 640 px (1.56 x the pixels of 512 px; for images larger than 640 px)",
+                {"preprocess": {"size": 640}}, {}, {}),
+    "ctx7_256": ("canvas 256 px with the default's learned context 7 (4 x the area 7 cells cover at 512 px)",
+                 {"preprocess": S256}, {}, {}),
+    "ctx7_256_seed1": ("canvas 256 px with the default's learned context 7, fit seed 1", {"preprocess": S256},
+                       {"seed": 1}, {}),
+    "ctx7_256_seed2": ("canvas 256 px with the default's learned context 7, fit seed 2", {"preprocess": S256},
+                       {"seed": 2}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
@@ -270,7 +278,8 @@ def run_ours(data: Path, rows: dict, save) -> None:
 def _choice(det) -> dict:
     """The scoring a fit chose and the selection table it chose from (absent where the fit was told the scoring)."""
     table = det.meta.get("scoring_selection", {})
-    return {"chosen": det.config.scoring.normalize, "selection": table.get("auroc_on_synthetic_defects"),
+    return {"chosen": det.config.scoring.normalize, "canvas": det.config.preprocess.size,
+            "selection": table.get("auroc_on_synthetic_defects"),
             "selection_lead_lower_bound": table.get("lead_lower_bound_95"),
             "selection_pose_jitter": table.get("pose_jitter")}
 
@@ -297,7 +306,9 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
                                           for part, ch in model_changes.items()})
     print(f"[variant] {key}", flush=True)
     with cached_backbones(WORK / "feature_cache") as counts:
-        det = fit_calibrated(good_images([data]), config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes),
+        # each variant runs at the side its config gives (512 px unless it names one), never the fit's choice
+        fit_cfg = FitConfig(**{"canvas": "fixed", **fit_changes})
+        det = fit_calibrated(good_images([data]), config, fit_cfg, CalibrationConfig(**cal_changes),
                              device="cpu", provenance={"version": "bench"})
         det.save(WORK / f"variant_{data.name}_{name}.safetensors")  # kept for bench/size_cost.py
         rows[key] = {"dataset": data.name, "method": f"variant: {label}", **_choice(det),
@@ -405,7 +416,13 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
     return [*out, ""]
 
 
-SEED_FAMILIES = {"default (512 px, context 7)": {0: DEFAULT, 1: "size512_seed1", 2: "size512_seed2"},
+NATIVE = "native"
+"""Seed-family entry for the default's other seeds: the fit the default's canvas rule makes on a set (its side is in
+the set's default row), with another seed; CANVAS_SEEDS names the variant that is that fit at each side."""
+CANVAS_SEEDS = {512: {0: "size512", 1: "size512_seed1", 2: "size512_seed2"},
+                256: {0: "ctx7_256", 1: "ctx7_256_seed1", 2: "ctx7_256_seed2"}}
+SEED_FAMILIES = {"default (canvas from the images' sizes, context 7)": {0: DEFAULT, 1: NATIVE, 2: NATIVE},
+                 "512 px on every set (the default canvas until 2026-12-04)": CANVAS_SEEDS[512],
                  "384 px, context 7 (the default until 2026-12-04)": {0: "context7_384", 1: "context7_384_seed1",
                                                                         2: "context7_384_seed2"},
                  "context 7, error over each patch's own features": {0: "error_patch", 1: "error_patch_seed1",
@@ -416,6 +433,16 @@ SEED_FAMILIES = {"default (512 px, context 7)": {0: DEFAULT, 1: "size512_seed1",
                  "canvas 256 px (the default before)": {0: "size256", 1: "size256_seed1", 2: "size256_seed2"},
                  "SAE 1000 steps, 256 px": {0: "steps1000", 1: "steps1000_seed1", 2: "steps1000_seed2"}}
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""
+
+
+def seed_method(rows: dict, name: str, seed: int, dataset: str) -> str | None:
+    """The row method of a SEED_FAMILIES entry on `dataset` (None: no variant is that fit)."""
+    if name == NATIVE:
+        side = rows.get(f"{dataset}|{DEFAULT}", {}).get("canvas", 512)  # rows from before the rule: all 512 px
+        name = CANVAS_SEEDS.get(side, {}).get(seed)
+        if name is None:
+            return None
+    return name if name == DEFAULT else f"variant: {VARIANTS[name][0]}"
 
 
 def seed_table(rows: dict, datasets: list[str]) -> list[str]:
@@ -429,11 +456,10 @@ def seed_table(rows: dict, datasets: list[str]) -> list[str]:
     for family, seeds in SEED_FAMILIES.items():
         means = []
         for seed, name in seeds.items():
-            method = name if name == DEFAULT else f"variant: {VARIANTS[name][0]}"
-            got = [rows.get(f"{ds}|{method}") for ds in datasets]
+            got = [rows.get(f"{ds}|{seed_method(rows, name, seed, ds)}") for ds in datasets]
             if None in got:
                 continue
-            if method == DEFAULT:  # the ablation rows hold each scoring's test AUROC of the default model
+            if name == DEFAULT:  # the ablation rows hold each scoring's test AUROC of the default model
                 by = [{c: rows[f"{ds}|ablation: {lab}"]["image_auroc"] for c, lab in SCORING_ROWS.items()}
                       for ds in datasets]
             else:
@@ -458,19 +484,20 @@ def seed_table(rows: dict, datasets: list[str]) -> list[str]:
 
 def seed_mean_table(rows: dict, datasets: list[str]) -> list[str]:
     """Per set, each seed family's mean over its seeds beside the peers (one run each): image AUROC / AUPRO."""
-    methods = {f: [m if m == DEFAULT else f"variant: {VARIANTS[m][0]}" for m in seeds.values()]
+    methods = {f: {ds: [seed_method(rows, m, seed, ds) for seed, m in seeds.items()] for ds in datasets}
                for f, seeds in SEED_FAMILIES.items()}
-    methods |= {m: [m] for m in PEERS}
+    methods |= {m: {ds: [m] for ds in datasets} for m in PEERS}
     out = ["### Per set, mean over fit seeds", "", "Image AUROC / AUPRO@30%, each fit family's mean over its seeds "
            "(where every seed ran on every set); anomalib rows are one run each.", "",
            "| method | seeds | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
     for family, names in methods.items():
-        got = [[rows.get(f"{ds}|{m}") for m in names] for ds in datasets]
+        got = [[rows.get(f"{ds}|{m}") for m in names[ds]] for ds in datasets]
         if any(r is None or r.get("image_auroc") is None for per in got for r in per):
             continue
         cells = [(np.mean([r["image_auroc"] for r in per]), np.mean([r["aupro_30"] for r in per])) for per in got]
         cells.append(tuple(np.mean(c) for c in zip(*cells, strict=True)))
-        out.append(f"| {family} | {len(names)} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells) + " |")
+        n_seeds = len(names[datasets[0]])
+        out.append(f"| {family} | {n_seeds} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in cells) + " |")
     return [*out, ""]
 
 

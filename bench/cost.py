@@ -1,6 +1,6 @@
 """What inference costs beyond the backbone, in one process, in interleaved rounds.
 
-    python -m bench.cost --model bench/work/accuracy_magnetic_tile.safetensors
+    python -m bench.cost --model bench/work/variant_magnetic_tile_size512.safetensors
 
 For three image sizes (a 256 px part, a 900 x 900 part, a 4096 x 256 strip; generated parts
 saved as PNG) and batch 1 and 8, each round times, one after the other:
@@ -58,6 +58,9 @@ from models.preprocess import make_canvases
 from models.synthetic import good_part
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "bench" / "work" / "variant_magnetic_tile_size512.safetensors"
+"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the default canvas for images larger than it. The
+set's default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py)."""
 SIZES = {"256 px part": (256, 256), "900x900 part": (900, 900), "4096x256 strip": (256, 4096)}
 
 
@@ -169,7 +172,7 @@ def shown(path: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", type=Path, default=ROOT / "bench" / "work" / "accuracy_magnetic_tile.safetensors")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--device", default="cpu")

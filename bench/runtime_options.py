@@ -1,6 +1,6 @@
 """The options measured before choosing the lean scoring path, in one process.
 
-    python -m bench.runtime_options --model bench/work/accuracy_magnetic_tile.safetensors
+    python -m bench.runtime_options --model bench/work/variant_magnetic_tile_size512.safetensors
 
 1. Map: bilinear upsampling + 2-D Gaussian at canvas resolution (the definition) against the
    folded map operator, per batch of 8.
@@ -38,6 +38,9 @@ from models.preprocess import make_canvases
 from models.scoring import anomaly_maps, reference_maps
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "bench" / "work" / "variant_magnetic_tile_size512.safetensors"
+"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the default canvas for images larger than it. The
+set's default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py)."""
 
 
 def ms(fn: Callable[[], object], n: int = 10) -> float:
@@ -100,7 +103,7 @@ def backbone_options(det: Detector, canvases: np.ndarray, onnx_file: Path) -> di
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", type=Path, default=ROOT / "bench" / "work" / "accuracy_magnetic_tile.safetensors")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     a = p.parse_args()
     det = Detector.from_artifact(a.model, "cpu")
     pics = [det.decode(b) for b in images_of((900, 900))]

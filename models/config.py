@@ -75,7 +75,9 @@ class PreprocessConfig:
     2026-12-03): with learned context 7, over the four shared sets and three fit seeds, mean image AUROC 0.917
     against 0.884 at 384 px (every seed above every 384 px seed; magnetic_tile the one set that loses, 0.911
     against 0.927) and AUPRO 0.821 against 0.767, for 1.8 x the pixels and patches of 384 px at inference
-    (bench/results/accuracy.md, size512_cost.md)."""
+    (bench/results/accuracy.md, size512_cost.md). A fit lowers it to 384 or 256 px where the good images are
+    smaller (training/canvas.py: never upsample the typical image; magnetic_tile 0.950 at 256 px) unless the
+    engineer gives a side (`fit --size`)."""
     margin: int = 0
     """Letterbox only: reflected border around the content, so that no edge of the part sits on
     the canvas edge (where the CNN's zero padding changes features). Off by default: on

@@ -228,7 +228,8 @@ def _card(served: Served) -> schemas.ModelCard:
     cfg = det.config
     provenance = {k: det.meta.get(k) for k in ("created", "code_version", "n_fit_images", "n_calibration_images",
                                                "dataset_fingerprint", "parent_version", "fit_stats",
-                                               "calibration_split", "backbone_sha256", "scoring_selection")}
+                                               "calibration_split", "backbone_sha256", "scoring_selection",
+                                               "canvas_choice")}
     return schemas.ModelCard(
         name=served.name, version=det.version, runtime=getattr(det, "runtime", "pytorch"), backbone=cfg.backbone.name,
         stages=list(cfg.backbone.stages), preprocess=vars(cfg.preprocess), sae=vars(cfg.sae),

@@ -90,7 +90,8 @@ def cmd_fit(a: argparse.Namespace) -> None:
     cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
                                 min_count=a.min_calib, seed=a.seed, select_count=a.select_count,
                                 groups=a.calib_groups)
-    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, seed=a.seed)
+    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, seed=a.seed,
+                        canvas="native" if a.size is None else "fixed")  # a side the engineer gives is kept
     paths = good_images(a.data)
     defects = None
     if a.defects:
@@ -244,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backbone", help=f"default {BackboneConfig.name}")
     m.add_argument("--stages", type=int, nargs="+", help=f"default {' '.join(map(str, BackboneConfig.stages))}")
     m.add_argument("--mode", choices=["letterbox", "resize", "tile"], help=f"default {PreprocessConfig.mode}")
-    m.add_argument("--size", type=int, help=f"canvas side, default {PreprocessConfig.size}")
+    m.add_argument("--size", type=int, help=f"canvas side, kept as given. Default: the largest of 256 / 384 / "
+                   f"{PreprocessConfig.size} not above the median long side of the good images (small images are "
+                   "never upsampled; the choice is on the model card)")
     m.add_argument("--margin", type=int, help="letterbox: reflected border around the part, in canvas pixels "
                    f"(default {PreprocessConfig.margin})")
     m.add_argument("--tile-scale", type=float, help=f"default {PreprocessConfig.tile_scale}")

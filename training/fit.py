@@ -60,8 +60,15 @@ class FitConfig:
     repair_noise: float = 0.3
     """Std of the feature noise of repair training, in standardised feature units."""
     seed: int = 0
+    canvas: str = "native"
+    """'native': in letterbox and resize mode the fit lowers the canvas side to the largest of 256 / 384 / 512 (at
+    most the config's side) not above the good images' median long side, so the typical image is never upsampled
+    (training/canvas.py; the choice is stored in the artifact and shown on the card). 'fixed': the config's side as
+    given (`fit --size N`)."""
 
     def __post_init__(self) -> None:
+        if self.canvas not in ("native", "fixed"):
+            raise ValueError(f"canvas must be native or fixed, got {self.canvas!r}")
         if self.steps < 1 or self.batch_size < 1 or self.max_patches < 1 or self.image_batch < 1:
             raise ValueError("steps, batch_size, max_patches and image_batch must be >= 1")
         if not 0 < self.lr < 1:

@@ -19,6 +19,7 @@ import torch
 from models.config import ModelConfig
 from models.detector import Detector
 from training.calibrate import CalibrationConfig, calibrate, f1_optimal, score_files, split_images
+from training.canvas import choose_canvas
 from training.fit import FitConfig, fit_detector
 from training.select import select_normalization
 
@@ -40,6 +41,11 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
     device = torch.device(device)
     if init is not None and config != init.config:
         raise ValueError("retraining keeps the model shape of --init; the given model config differs from it")
+    canvas_table = None
+    if init is None and fit_cfg.canvas == "native":
+        config, canvas_table = choose_canvas(paths, config)
+        log.info("canvas %d px: %s (median long side %s px of %d images)", config.preprocess.size,
+                 canvas_table["rule"], canvas_table["median_long_side"], canvas_table["n_images"])
     if config.scoring.normalize != "auto":  # nothing to choose: no image is held out for it
         cal_cfg = dataclasses.replace(cal_cfg, select_count=0)
     split = split_images(paths, cal_cfg)
@@ -66,6 +72,10 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
             "n_groups": split.n_groups,
             "calibration_split": dataclasses.asdict(cal_cfg),
             "parent_version": init.version if init is not None else None}
+    if canvas_table is not None:
+        meta["canvas_choice"] = canvas_table
+    elif init is not None:  # a retrained model keeps its parent's canvas and scoring: the tables that chose them too
+        meta |= {k: init.meta[k] for k in ("canvas_choice", "scoring_selection") if k in init.meta}
     det = det.replace(calibration=calibration, meta=meta)
     if defect_paths:
         _, bad, _ = score_files(det.offline(), defect_paths, desc="defects")

@@ -32,6 +32,8 @@ def test_health_ready_and_model_card(client):
     assert card["backbone"] == "efficientnet_lite0" and card["alpha"] == 0.1
     assert card["calibration_size"] == len(card["calibration_scores"]) > 0
     assert card["preprocess"]["mode"] == "letterbox"
+    # and which canvas it chose from the good images' sizes
+    assert card["preprocess"]["size"] == card["provenance"]["canvas_choice"]["chosen"] == 256
     # the card says which scoring the fit chose, and the table it chose from
     selection = card["provenance"]["scoring_selection"]
     assert card["scoring"]["normalize"] == selection["normalize"] in selection["auroc_on_synthetic_defects"]

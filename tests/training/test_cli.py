@@ -114,6 +114,9 @@ def test_retrain_with_init_leaves_old_artifact_untouched(fitted, small_data, tmp
     assert fitted.read_bytes() == before
     old, det = Detector.from_artifact(fitted, "cpu"), Detector.from_artifact(new, "cpu")
     assert det.meta["parent_version"] == old.version != det.version
+    # it keeps the parent's canvas and scoring, and the tables that chose them
+    assert det.config == old.config and det.meta["canvas_choice"] == old.meta["canvas_choice"]
+    assert det.meta["scoring_selection"] == old.meta["scoring_selection"]
     assert main(["fit", str(small_data), "--init", str(fitted), "--out", str(fitted), *FAST]) == 2
 
 
@@ -206,3 +209,13 @@ def test_fit_takes_the_engineers_scoring_instead_of_choosing(fitted, small_data,
     det = Detector.from_artifact(out, "cpu")
     assert det.config.scoring.normalize == "none"
     assert "scoring_selection" not in det.meta and det.meta["n_selection_images"] == 0
+
+
+def test_fit_lowers_the_canvas_to_the_images_and_keeps_a_size_the_engineer_gives(fitted, small_data, tmp_path):
+    # no --size: generated parts of 320 px long side get the 256 px canvas (never upsampled), recorded on the card
+    det = Detector.from_artifact(fitted, "cpu")
+    assert det.config.preprocess.size == det.meta["canvas_choice"]["chosen"] == 256
+    out = tmp_path / "fixed.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--size", "320", *FAST]) == 0
+    fixed = Detector.from_artifact(out, "cpu")
+    assert fixed.config.preprocess.size == 320 and "canvas_choice" not in fixed.meta
