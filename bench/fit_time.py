@@ -117,7 +117,7 @@ def main() -> None:
                     print(f"[padim {size}] {d.name}", flush=True)
                     r[f"padim_{size}"] = padim(d, size, log)
             res.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-    done = {k: v for k, v in rows.items() if {"ours", *(f"padim_{size}" for size in PADIM_SIZES)} <= set(v)}
+    done = {k: v for k, v in sorted(rows.items()) if {"ours", *(f"padim_{size}" for size in PADIM_SIZES)} <= set(v)}
     (RESULTS / "fit_time.md").write_text(table(done))
     plot(done, RESULTS / "fit_time.png")
     print(table(done))

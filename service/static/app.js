@@ -40,8 +40,10 @@ function show(view) {
 function renderCard() {
   const m = currentModel();
   if (!m) { $("card").replaceChildren(el("tr", {}, el("td", {}, "No model loaded"))); return; }
+  const canvas = m.provenance.canvas_choice;
+  const chosen = canvas ? `, chosen from the images (median long side ${canvas.median_long_side} px)` : "";
   const rows = [["Name", m.name], ["Version", m.version], ["Backbone", `${m.backbone} stages ${m.stages.join(", ")}`],
-    ["Input", `${m.preprocess.mode} ${m.preprocess.size} px`], ["SAE", `${m.sae.n_latents} atoms, k = ${m.sae.k}`],
+    ["Input", `${m.preprocess.mode} ${m.preprocess.size} px${chosen}`], ["SAE", `${m.sae.n_latents} atoms, k = ${m.sae.k}`],
     ["Threshold", m.threshold.toFixed(4)], ["False-alarm target (alpha)", m.alpha],
     ["Calibration images", m.calibration_size], ["Created", m.provenance.created || "-"],
     ["Training images", m.provenance.n_fit_images ?? "-"], ["Code", m.provenance.code_version || "-"]];
