@@ -22,8 +22,12 @@ def test_explain_in_api_response(client):
     assert r.status_code == 200
     ex = r.json()["explanation"]
     assert ex["regions"] and ex["regions"][0]["kind"] in ("novel", "misplaced")
-    assert ex["regions"][0]["unusual"][0]["atlas"]  # base64 PNG crops of good parts
-    assert 0 < ex["regions"][0]["error_share"] <= 1
+    region = ex["regions"][0]
+    # base64 PNG crops of good parts where each latent fires: there are some for a latent good parts use, none for
+    # one they never fire (a defect's own latent can be that)
+    assert region["unusual"] and all(bool(u["atlas"]) == (u["good_rate"] > 0) for u in region["unusual"])
+    assert region["expected"] and all(e["atlas"] for e in region["expected"])
+    assert 0 < region["error_share"] <= 1
 
 
 def test_console_is_served_without_a_cdn(client):
