@@ -421,7 +421,8 @@ NATIVE = "native"
 the set's default row), with another seed; CANVAS_SEEDS names the variant that is that fit at each side."""
 CANVAS_SEEDS = {512: {0: "size512", 1: "size512_seed1", 2: "size512_seed2"},
                 256: {0: "ctx7_256", 1: "ctx7_256_seed1", 2: "ctx7_256_seed2"}}
-SEED_FAMILIES = {"default (canvas from the images' sizes, context 7)": {0: DEFAULT, 1: NATIVE, 2: NATIVE},
+DEFAULT_FAMILY = "default (canvas from the images' sizes, context 7)"
+SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
                  "512 px on every set (the default canvas until 2026-12-04)": CANVAS_SEEDS[512],
                  "384 px, context 7 (the default until 2026-12-04)": {0: "context7_384", 1: "context7_384_seed1",
                                                                         2: "context7_384_seed2"},
