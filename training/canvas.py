@@ -41,10 +41,15 @@ def long_sides(paths: Sequence[Path]) -> list[int]:
     return sides
 
 
+def candidate_sides(largest: int) -> list[int]:
+    """CANVAS_SIDES below `largest`, and `largest` itself, ascending."""
+    return sorted({s for s in CANVAS_SIDES if s < largest} | {largest})
+
+
 def choose_side(sides: Sequence[int], largest: int) -> int:
-    """Pure rule: of CANVAS_SIDES below `largest`, and `largest` itself, the largest side <= the median of `sides`,
-    or the smallest when none is. Never above `largest`; `largest` when `sides` is empty."""
-    candidates = sorted({s for s in CANVAS_SIDES if s < largest} | {largest})
+    """Pure rule: of ``candidate_sides(largest)``, the largest side <= the median of `sides`, or the smallest when
+    none is. Never above `largest`; `largest` when `sides` is empty."""
+    candidates = candidate_sides(largest)
     if not sides:
         return largest
     median = float(np.median(sides))
@@ -58,11 +63,11 @@ def choose_canvas(paths: Sequence[Path], config: ModelConfig) -> tuple[ModelConf
     largest = config.preprocess.size
     sides = long_sides(paths)
     chosen = choose_side(sides, largest) if config.preprocess.mode != "tile" else largest
-    candidates = sorted({s for s in CANVAS_SIDES if s < largest} | {largest})
     arr = np.asarray(sides, np.float64)
     table = {"rule": RULE, "chosen": chosen, "largest": largest, "n_images": len(sides),
              "median_long_side": float(np.median(arr)) if len(arr) else None,
-             "upsampled_share": {str(s): float(np.mean(arr < s)) if len(arr) else None for s in candidates}}
+             "upsampled_share": {str(s): float(np.mean(arr < s)) if len(arr) else None
+                                 for s in candidate_sides(largest)}}
     if config.preprocess.mode == "tile":
         table["rule"] = "tile mode: the configured tile side (tiles keep the native resolution)"
     return dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, size=chosen)), table
