@@ -436,14 +436,23 @@ SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""
 
 
+def seed_fit(rows: dict, name: str, seed: int, dataset: str) -> str | None:
+    """The fit (DEFAULT or a variant name) a SEED_FAMILIES entry is on `dataset` (None: no variant is that fit)."""
+    if name != NATIVE:
+        return name
+    side = rows.get(f"{dataset}|{DEFAULT}", {}).get("canvas", 512)  # rows from before the rule: all 512 px
+    return CANVAS_SEEDS.get(side, {}).get(seed)
+
+
 def seed_method(rows: dict, name: str, seed: int, dataset: str) -> str | None:
     """The row method of a SEED_FAMILIES entry on `dataset` (None: no variant is that fit)."""
-    if name == NATIVE:
-        side = rows.get(f"{dataset}|{DEFAULT}", {}).get("canvas", 512)  # rows from before the rule: all 512 px
-        name = CANVAS_SEEDS.get(side, {}).get(seed)
-        if name is None:
-            return None
-    return name if name == DEFAULT else f"variant: {VARIANTS[name][0]}"
+    fit = seed_fit(rows, name, seed, dataset)
+    return fit if fit in (None, DEFAULT) else f"variant: {VARIANTS[fit][0]}"
+
+
+def model_path(name: str, dataset: str) -> Path:
+    """Where this benchmark saved that fit (DEFAULT or a variant name) of `dataset`."""
+    return WORK / (f"accuracy_{dataset}.safetensors" if name == DEFAULT else f"variant_{dataset}_{name}.safetensors")
 
 
 def seed_table(rows: dict, datasets: list[str]) -> list[str]:

@@ -31,16 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.cost import images_of
+from bench.cost import DEFAULT_MODEL, images_of
 from bench.fit_eval import machine
 from models.detector import Detector
 from models.preprocess import make_canvases
 from models.scoring import anomaly_maps, reference_maps
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "bench" / "work" / "variant_magnetic_tile_size512.safetensors"
-"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the default canvas for images larger than it. The
-set's default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py)."""
 
 
 def ms(fn: Callable[[], object], n: int = 10) -> float:

@@ -16,17 +16,16 @@ from __future__ import annotations
 import json
 
 from bench.accuracy import (
-    CANVAS_SEEDS,
     DATASETS,
     DEFAULT,
     DEFAULT_FAMILY,
-    NATIVE,
     RES,
     RESULTS,
     SCORING_ROWS,
     SEED_FAMILIES,
     VARIANTS,
-    WORK,
+    model_path,
+    seed_fit,
     seed_method,
 )
 from bench.fit_eval import machine
@@ -39,9 +38,8 @@ def fits(rows: dict) -> list[tuple[str, str, int]]:
     """(dataset, variant name or DEFAULT, fit seed) of the default family, and the 640 px variant where it ran."""
     out = []
     for ds in sorted(d.name for d in DATASETS.iterdir() if (d / "test").is_dir()):
-        side = rows.get(f"{ds}|{DEFAULT}", {}).get("canvas", 512)
         for seed, name in SEED_FAMILIES[DEFAULT_FAMILY].items():
-            out.append((ds, CANVAS_SEEDS[side][seed] if name == NATIVE else name, seed))
+            out.append((ds, seed_fit(rows, name, seed, ds), seed))
         if f"{ds}|variant: {VARIANTS['size640'][0]}" in rows:
             out.append((ds, "size640", 0))
     return out
@@ -65,15 +63,13 @@ def main() -> None:
     rows = json.loads(RES.read_text())["rows"]
     done = json.loads(OUT.read_text())["rows"] if OUT.exists() else {}
     for ds, name, seed in fits(rows):
-        model = WORK / (f"accuracy_{ds}.safetensors" if name == DEFAULT else f"variant_{ds}_{name}.safetensors")
-        det = None
-        for jitter in JITTERS:
+        todo = [j for j in JITTERS if f"{ds}|{name}|{j}" not in done]
+        if not todo:
+            continue
+        det = Detector.from_artifact(model_path(name, ds), "cpu")
+        select = split_images(good_images([DATASETS / ds]), CalibrationConfig()).select
+        for jitter in todo:
             key = f"{ds}|{name}|{jitter}"
-            if key in done:
-                continue
-            if det is None:
-                det = Detector.from_artifact(model, "cpu")
-            select = split_images(good_images([DATASETS / ds]), CalibrationConfig()).select
             choice, table = select_normalization(det, select, seed=seed, jitter=jitter)
             done[key] = {"dataset": ds, "fit": name, "seed": seed, "canvas": det.config.preprocess.size,
                          "jitter": jitter, "choice": choice, "auroc": table["auroc_on_synthetic_defects"],

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
-from bench.accuracy import DATASETS, DEFAULT, RES, RESULTS, SCORING_ROWS, SEED_FAMILIES, VARIANTS, WORK
+from bench.accuracy import DATASETS, DEFAULT, RES, RESULTS, SCORING_ROWS, SEED_FAMILIES, VARIANTS, model_path
 from bench.fit_eval import machine
 
 FAMILIES = {"default": "384 px, context 7 (the default until 2026-12-04)",
@@ -28,11 +27,6 @@ default canvas was 384 px: 'default' is that default (its seed-0 row the variant
 MODELS = {f"{label}, fit seed {seed}": name for label, family in FAMILIES.items()
           for seed, name in SEED_FAMILIES[family].items()}
 """Row name -> the DEFAULT method or a variant name of bench/accuracy.py."""
-
-
-def model_path(name: str, dataset: str) -> Path:
-    """Where bench/accuracy.py saved that fit of `dataset`."""
-    return WORK / (f"accuracy_{dataset}.safetensors" if name == DEFAULT else f"variant_{dataset}_{name}.safetensors")
 
 
 def truth(rows: dict, dataset: str, name: str) -> dict:
