@@ -51,12 +51,13 @@ SCORING_ROWS = {norm: label for label, norm, score in ABLATION if score == "top_
 # anomalib's greedy coreset over ~0.1-0.8 M patches takes 10-30 min per set on 2 cores: capped (see
 # bench/anomalib_worker.py cap_coreset); each row reports the centres reached of those asked for
 CORESET_SECONDS = 180
-PEER_SIZES = (256, 384, 512)
+PEER_SIZES = (256, 384, 512, 640)
 """Input sides the anomalib peers ran at (`--peer-size`): 256 px, their first runs; 384 px, our default canvas until
-2026-12-04; 512 px, our default canvas since."""
+2026-12-04; 512 px, our default canvas that day; 640 px, the largest our canvas rule takes since."""
 PATCHCORE = f"anomalib PatchCore (coreset 0.01, greedy capped at {CORESET_SECONDS} s)"
 # name -> (row label, changes to ModelConfig parts, changes to FitConfig, changes to CalibrationConfig)
 S256 = {"size": 256}  # the canvas of the default before it became 384 px: every variant below that names it
+S512 = {"size": 512}  # the default's largest canvas from 2026-12-04 until 640 px the same day
 VARIANTS = {
     "size256": ("canvas 256 px (the default before)", {"preprocess": S256}, {}, {}),
     "size256_seed1": ("canvas 256 px, fit seed 1", {"preprocess": S256}, {"seed": 1}, {}),
@@ -112,15 +113,17 @@ VARIANTS = {
     "expansion16_steps1000": ("SAE expansion 16 at 1000 steps (about the default's SAE training time), 384 px",
                               {"sae": {"expansion": 16}}, {"steps": 1000}, {}),
     "size512": ("canvas 512 px (1.8 x the pixels and patches of 384 px; context 7 cells, so a smaller area)",
-                {"preprocess": {"size": 512}}, {}, {}),
-    "size512_seed1": ("canvas 512 px, fit seed 1", {"preprocess": {"size": 512}}, {"seed": 1}, {}),
-    "size512_seed2": ("canvas 512 px, fit seed 2", {"preprocess": {"size": 512}}, {"seed": 2}, {}),
+                {"preprocess": S512}, {}, {}),
+    "size512_seed1": ("canvas 512 px, fit seed 1", {"preprocess": S512}, {"seed": 1}, {}),
+    "size512_seed2": ("canvas 512 px, fit seed 2", {"preprocess": S512}, {"seed": 2}, {}),
     "error_patch_512": ("learned context 7, the error over each patch's own features (not its neighbourhood mean), "
-                        "512 px", {"scoring": {"error": "patch"}}, {}, {}),
+                        "512 px", {"preprocess": S512, "scoring": {"error": "patch"}}, {}, {}),
     "cal40_512": ("calibration on 40 % of the good images (default 20 %: at alpha 0.01 a threshold below the largest "
-                  "calibration score needs 199 of them), 512 px", {}, {}, {"fraction": 0.4}),
+                  "calibration score needs 199 of them), 512 px", {"preprocess": S512}, {}, {"fraction": 0.4}),
     "size640": ("canvas 640 px (1.56 x the pixels of 512 px; for images larger than 640 px)",
                 {"preprocess": {"size": 640}}, {}, {}),
+    "size640_seed1": ("canvas 640 px, fit seed 1", {"preprocess": {"size": 640}}, {"seed": 1}, {}),
+    "size640_seed2": ("canvas 640 px, fit seed 2", {"preprocess": {"size": 640}}, {"seed": 2}, {}),
     "ctx7_256": ("canvas 256 px with the default's learned context 7 (4 x the area 7 cells cover at 512 px)",
                  {"preprocess": S256}, {}, {}),
     "ctx7_256_seed1": ("canvas 256 px with the default's learned context 7, fit seed 1", {"preprocess": S256},
@@ -419,10 +422,15 @@ def choice_table(rows: dict, datasets: list[str]) -> list[str]:
 NATIVE = "native"
 """Seed-family entry for the default's other seeds: the fit the default's canvas rule makes on a set (its side is in
 the set's default row), with another seed; CANVAS_SEEDS names the variant that is that fit at each side."""
+NATIVE_512 = "native, at most 512 px"
+"""Seed-family entry for the canvas rule capped at 512 px (the default from 2026-12-04 until 640 px the same day)."""
 CANVAS_SEEDS = {512: {0: "size512", 1: "size512_seed1", 2: "size512_seed2"},
-                256: {0: "ctx7_256", 1: "ctx7_256_seed1", 2: "ctx7_256_seed2"}}
+                256: {0: "ctx7_256", 1: "ctx7_256_seed1", 2: "ctx7_256_seed2"},
+                640: {0: "size640", 1: "size640_seed1", 2: "size640_seed2"}}
 DEFAULT_FAMILY = "default (canvas from the images' sizes, context 7)"
 SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
+                 "canvas from the images' sizes, at most 512 px (the default until 640 px, 2026-12-04)":
+                     {0: NATIVE_512, 1: NATIVE_512, 2: NATIVE_512},
                  "512 px on every set (the default canvas until 2026-12-04)": CANVAS_SEEDS[512],
                  "384 px, context 7 (the default until 2026-12-04)": {0: "context7_384", 1: "context7_384_seed1",
                                                                         2: "context7_384_seed2"},
@@ -438,10 +446,10 @@ SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
 
 def seed_fit(rows: dict, name: str, seed: int, dataset: str) -> str | None:
     """The fit (DEFAULT or a variant name) a SEED_FAMILIES entry is on `dataset` (None: no variant is that fit)."""
-    if name != NATIVE:
+    if name not in (NATIVE, NATIVE_512):
         return name
     side = rows.get(f"{dataset}|{DEFAULT}", {}).get("canvas", 512)  # rows from before the rule: all 512 px
-    return CANVAS_SEEDS.get(side, {}).get(seed)
+    return CANVAS_SEEDS.get(min(side, 512) if name == NATIVE_512 else side, {}).get(seed)
 
 
 def seed_method(rows: dict, name: str, seed: int, dataset: str) -> str | None:
@@ -572,7 +580,7 @@ def main() -> None:
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
     p.add_argument("--peer-size", type=int, choices=PEER_SIZES, default=256,
                    help="input side of the anomalib rows (256: their first runs; 384: our canvas until 2026-12-04; "
-                        "512: since)")
+                        "512: that day; 640: our largest canvas since)")
     p.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}; only these run")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()

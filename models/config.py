@@ -70,14 +70,14 @@ class PreprocessConfig:
     """'letterbox': scale the long side to `size`, keep the aspect ratio, pad by reflection
     to a size x size canvas (padding is never scored). 'resize': squash to size x size.
     'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
-    size: int = 512
-    """Canvas side in pixels fed to the backbone. 512 by default (since 2026-12-04; 384 before, 256 until
-    2026-12-03): with learned context 7, over the four shared sets and three fit seeds, mean image AUROC 0.917
-    against 0.884 at 384 px (every seed above every 384 px seed; magnetic_tile the one set that loses, 0.911
-    against 0.927) and AUPRO 0.821 against 0.767, for 1.8 x the pixels and patches of 384 px at inference
-    (bench/results/accuracy.md, size512_cost.md). A fit lowers it to 384 or 256 px where the good images are
-    smaller (training/canvas.py: never upsample the typical image; magnetic_tile 0.950 at 256 px) unless the
-    engineer gives a side (`fit --size`)."""
+    size: int = 640
+    """Canvas side in pixels fed to the backbone: the largest a fit may choose. 640 by default (since 2026-12-04;
+    512 before that day, 384 from 2026-12-03, 256 before): the fit lowers it to 512, 384 or 256 px where the good
+    images are smaller (training/canvas.py: never upsample the typical image) unless the engineer gives a side
+    (`fit --size`). Over three fit seeds, the three shared sets with images of 640 px or more gain from 512 to 640
+    px: deeppcb image AUROC 0.964 against 0.922, tire 0.882 against 0.866, bsdata_pitting 0.965 against 0.968
+    (AUPRO up on all three), for 1.56 x the pixels and patches of 512 px at inference; magnetic_tile (median long
+    side 358 px) fits at 256 px, 0.950 (bench/results/accuracy.md, size640_cost.md)."""
     margin: int = 0
     """Letterbox only: reflected border around the content, so that no edge of the part sits on
     the canvas edge (where the CNN's zero padding changes features). Off by default: on
@@ -135,8 +135,8 @@ class ScoringConfig:
     patch together with its surroundings and a patch that is normal alone but not where it sits costs error.
     7 by default (since 2026-12-03): over the four shared sets and three fit seeds at 384 px, mean image AUROC
     0.884 against 0.871 without context (ahead on every set), AUPRO 0.767 against 0.784 (deeppcb 0.610 against
-    0.677: blurrier maps); bench/results/accuracy.md. The 512 px default keeps it; no 512 px fit without context
-    was run."""
+    0.677: blurrier maps); bench/results/accuracy.md. The 512 and 640 px defaults keep it; no fit at
+    those sides without context was run."""
     error: str = "all"
     """Which of a patch's features its reconstruction error is taken over: 'all', or with learned context
     'patch' (the patch's own features only: the SAE still rebuilds the neighbourhood mean, which shapes the code

@@ -7,8 +7,9 @@ largest of ``CANVAS_SIDES`` (at most the config's side) that does not exceed the
 images, and the smallest when every side exceeds it. Measured (bench/results/accuracy.md, three fit seeds each): on
 magnetic_tile (long sides 266-600 px, median 358) image AUROC 0.950 at 256 px, 0.927 at 384, 0.911 at 512 (AUPRO
 the other way: 0.722, 0.781, 0.801); anomalib PaDiM falls with the canvas there too (0.942 / 0.929 / 0.923). The
-other three shared sets (640-1130 px) gain from every step up to 512 px, and the rule keeps 512 px for them. The
-choice and its table are stored in the artifact and shown on the model card.
+other three shared sets (640-1130 px) gain from every step up to 640 px (640 since 2026-12-04: deeppcb 0.964 against
+0.922 at 512 px, tire 0.882 against 0.866, bsdata_pitting 0.965 against 0.968), and the rule takes 640 px for them.
+The choice and its table are stored in the artifact and shown on the model card.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from PIL import Image
 
 from models.config import ModelConfig
 
-CANVAS_SIDES = (256, 384, 512)
-"""The canvas sides a fit chooses between (the issue's 256 / 384 / 512), capped by the config's own side."""
+CANVAS_SIDES = (256, 384, 512, 640)
+"""The canvas sides a fit chooses between (the issue's 256 / 384 / 512, and 640 since 2026-12-04), capped by the
+config's own side."""
 RULE = "the largest canvas side not above the median long side of the good images (never upsample the typical image)"
 
 

@@ -61,7 +61,7 @@ class FitConfig:
     """Std of the feature noise of repair training, in standardised feature units."""
     seed: int = 0
     canvas: str = "native"
-    """'native': in letterbox and resize mode the fit lowers the canvas side to the largest of 256 / 384 / 512 (at
+    """'native': in letterbox and resize mode the fit lowers the canvas side to the largest of 256 / 384 / 512 / 640 (at
     most the config's side) not above the good images' median long side, so the typical image is never upsampled
     (training/canvas.py; the choice is stored in the artifact and shown on the card). 'fixed': the config's side as
     given (`fit --size N`)."""
