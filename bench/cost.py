@@ -59,8 +59,10 @@ from models.synthetic import good_part
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "bench" / "work" / "variant_magnetic_tile_size512.safetensors"
-"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the default canvas for images larger than it. The
-set's default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py)."""
+"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the canvas the rule took for images larger than it
+until it took 640 px (2026-12-04 evening; what 640 px costs against it: bench/results/size640_cost.md). The set's
+default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py). The rows of
+bench/results/cost.md are this model's."""
 SIZES = {"256 px part": (256, 256), "900x900 part": (900, 900), "4096x256 strip": (256, 4096)}
 
 
