@@ -93,5 +93,6 @@ def healthz_under_uploads(url: str, model: str, seconds: float = 8.0, clients: i
             w.join(120)
     lat = np.array(latencies) * 1000
     return {"healthz_n": len(lat), "healthz_codes": sorted(codes), "healthz_p50_ms": float(np.median(lat)),
+            "healthz_p95_ms": float(np.percentile(lat, 95)),
             "healthz_p99_ms": float(np.percentile(lat, 99)), "healthz_max_ms": float(lat.max()),
             "uploads_answered": len(statuses), "upload_statuses": sorted(set(statuses))}

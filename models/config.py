@@ -75,7 +75,7 @@ class PreprocessConfig:
     512 before that day, 384 from 2026-12-03, 256 before): the fit lowers it to 512, 384 or 256 px where the good
     images are smaller (training/canvas.py: never upsample the typical image) unless the engineer gives a side
     (`fit --size`). Over three fit seeds, the three shared sets with images of 640 px or more gain from 512 to 640
-    px: deeppcb image AUROC 0.964 against 0.922, tire 0.882 against 0.866, bsdata_pitting 0.965 against 0.968
+    px: deeppcb image AUROC 0.966 against 0.922, tire 0.882 against 0.865, bsdata_pitting 0.966 against 0.968
     (AUPRO up on all three), for 1.56 x the pixels and patches of 512 px at inference; magnetic_tile (median long
     side 358 px) fits at 256 px, 0.950 (bench/results/accuracy.md, size640_cost.md)."""
     margin: int = 0

@@ -7,8 +7,9 @@ largest of ``CANVAS_SIDES`` (at most the config's side) that does not exceed the
 images, and the smallest when every side exceeds it. Measured (bench/results/accuracy.md, three fit seeds each): on
 magnetic_tile (long sides 266-600 px, median 358) image AUROC 0.950 at 256 px, 0.927 at 384, 0.911 at 512 (AUPRO
 the other way: 0.722, 0.781, 0.801); anomalib PaDiM falls with the canvas there too (0.942 / 0.929 / 0.923). The
-other three shared sets (640-1130 px) gain from every step up to 640 px (640 since 2026-12-04: deeppcb 0.964 against
-0.922 at 512 px, tire 0.882 against 0.866, bsdata_pitting 0.965 against 0.968), and the rule takes 640 px for them.
+other three shared sets (640-1130 px) gain from every step up to 512 px, and two of them from 640 px too (a candidate
+since 2026-12-04: deeppcb 0.966 against 0.922 at 512 px, tire 0.882 against 0.865, bsdata_pitting 0.966 against
+0.968); the rule takes 640 px for them.
 The choice and its table are stored in the artifact and shown on the model card.
 """
 
