@@ -3,13 +3,14 @@
     python -m bench.fit_time                 # every category in ../shared/datasets
     python -m bench.fit_time ../shared/datasets/tire
 
-For each set, one after the other: our fit as a user runs it (`sae-inspect fit DATA --out M`: the whole
-process, defaults, the validated ONNX export written beside the artifact), then anomalib PaDiM's
-`Engine.fit` at 256 px (its first runs' size), 384 px (our canvas until 2026-12-04) and 512 px (ours since),
-same backbone (the worker of bench/anomalib_worker.py, no evaluation). Our time is the command's wall clock
-(Python start, imports and the export included); PaDiM's is `Engine.fit` alone (its process start and imports
-excluded), so the ratio leans against us. Our fit's own phases come from the artifact's `fit_profile_s`.
-Writes bench/results/fit_time.{json,md} and fit_time.png. Run it on a quiet machine: one process at a time.
+For each set, one after the other: our fit as a user runs it (`sae-inspect fit DATA --out M`: the whole process,
+defaults, the validated ONNX export written beside the artifact), then anomalib PaDiM's `Engine.fit` at 256 px
+(its first runs' size), 384 px (our canvas until 2026-12-04), 512 px (ours that day) and 640 px (the largest side
+our canvas rule takes since), same backbone (the worker of bench/anomalib_worker.py, no evaluation). Our time is
+the command's wall clock (Python start, imports and the export included); PaDiM's is `Engine.fit` alone (its
+process start and imports excluded), so the ratio leans against us. Our fit's own phases come from the artifact's
+`fit_profile_s`. Writes bench/results/fit_time.{json,md} and fit_time.png. Run it on a quiet machine: one process
+at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 WORK = ROOT / "bench" / "work" / "fit_time"
 RESULTS = ROOT / "bench" / "results"
-PADIM_SIZES = (256, 384, 512)
+PADIM_SIZES = (256, 384, 512, 640)
 
 
 def ours(data: Path, log) -> dict:

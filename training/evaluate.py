@@ -15,7 +15,7 @@ from models.decision import decide_all
 from models.detector import Detector
 from training.calibrate import score_files
 from training.data import mvtec_test_set
-from training.metrics import aupro, auroc
+from training.metrics import aupro, auroc, best_recall_at_far
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     good = ~labels
     metrics["false_alarm_rate"] = float(flagged[good].mean()) if good.any() else None
     metrics["recall"] = float(flagged[labels].mean())
+    if good.any() and labels.any():  # what the labels' own best threshold catches at the card's rate and at twice it
+        metrics["best_recall_at_alpha"] = best_recall_at_far(labels, scores, cal.alpha)
+        metrics["best_recall_at_2alpha"] = best_recall_at_far(labels, scores, min(1.0, 2 * cal.alpha))
     tp, fp = int((flagged & labels).sum()), int((flagged & good).sum())
     precision = tp / max(tp + fp, 1)
     metrics["precision"] = precision

@@ -39,6 +39,23 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
 
 
+def best_recall_at_far(labels: np.ndarray, scores: np.ndarray, far: float) -> float:
+    """The largest recall of any threshold (flag ``score > t``) that flags at most a `far` share of the
+    negatives: what a threshold chosen with the labels in hand would catch at that false-alarm rate.
+    A threshold set from good images alone (split-conformal) can only match it by luck; when it falls
+    short, more calibration images help, and when this too is short, only a better score does."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    neg = np.sort(scores[~labels])[::-1]
+    if not labels.any() or len(neg) == 0:
+        raise ValueError("best_recall_at_far needs both positive and negative samples")
+    if not 0 <= far <= 1:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    allowed = int(np.floor(far * len(neg) + 1e-9))  # false alarms the rate permits
+    t = neg[allowed] if allowed < len(neg) else -np.inf  # ties at t stay unflagged: never above the rate
+    return float((scores[labels] > t).mean())
+
+
 def aupro(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float = 0.3, steps: int = 300) -> float:
     """Area under the per-region-overlap curve up to `max_fpr`, divided by `max_fpr`.
 

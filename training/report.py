@@ -38,6 +38,10 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     fpr, tpr = roc_curve(y, s)
     ax.plot(fpr, tpr)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    flagged = details["flagged"]  # where the calibrated threshold landed on these labelled images
+    ax.plot([flagged[~y].mean()], [flagged[y].mean()], "ro", label="the model's threshold")
+    ax.axvline(cal.alpha, color="r", ls=":", lw=0.8, label=f"alpha {cal.alpha:g}")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set(title=f"image ROC (AUROC {auroc(y, s):.3f})", xlabel="false-alarm rate", ylabel="recall")
     ax = fig.add_subplot(rows, cols, (2, 3))
     bins = np.linspace(min(s.min(), cal.threshold), max(s.max(), cal.threshold), 50)

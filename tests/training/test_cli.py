@@ -48,6 +48,8 @@ def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys
     m = json.loads((out / "metrics.json").read_text())
     assert {"image_auroc", "pixel_auroc", "aupro_30", "false_alarm_rate", "recall_by_defect", "f1"} <= set(m)
     assert 0 <= m["image_auroc"] <= 1 and m["n_images"] == 12
+    # the labels' own best threshold at the card's alpha, and at twice it (never less)
+    assert 0 <= m["best_recall_at_alpha"] <= m["best_recall_at_2alpha"] <= 1
     assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from training.calibrate import f1_optimal
-from training.metrics import aupro, auroc, roc_curve
+from training.metrics import aupro, auroc, best_recall_at_far, roc_curve
 
 
 def test_auroc_matches_sklearn_with_ties():
@@ -18,6 +18,25 @@ def test_auroc_matches_sklearn_with_ties():
 def test_roc_curve_end_points():
     fpr, tpr = roc_curve(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.3]))
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+
+
+def test_best_recall_at_far_hand_built_and_against_every_threshold():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.9, 0.25, 0.5, 0.8, 0.95])
+    assert best_recall_at_far(y, s, 0.0) == 0.25  # only above the good 0.9: one defect of four
+    assert best_recall_at_far(y, s, 0.25) == 0.75  # one good image may be flagged: cut above 0.3
+    assert best_recall_at_far(y, s, 1.0) == 1.0
+    tied = np.array([0.5, 0.5, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5])  # a tie at the cut cannot be split
+    assert best_recall_at_far(y, tied, 0.25) == 0.0
+    rng = np.random.default_rng(0)  # brute force: the best recall over every cut whose false-alarm rate fits
+    y = rng.integers(0, 2, 300).astype(bool)
+    s = np.round(rng.normal(y * 1.5, 1.0), 1)
+    for far in (0.0, 0.01, 0.05, 0.2):
+        cuts = np.r_[-np.inf, np.unique(s)]
+        best = max((s[y] > t).mean() for t in cuts if (s[~y] > t).mean() <= far)
+        assert best_recall_at_far(y, s, far) == pytest.approx(best)
+    with pytest.raises(ValueError):
+        best_recall_at_far(np.ones(3), np.arange(3.0), 0.1)
 
 
 def test_aupro_hand_built_cases():
