@@ -55,13 +55,22 @@ def subset(data: Path, fraction: float) -> Path:
     return d
 
 
+class WorkerFailed(RuntimeError):
+    """A peer's worker process ended with a non-zero status (negative: killed by that signal)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def run_row(cmd: list[str], log) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{' '.join(cmd)} failed; see {log.name}")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise WorkerFailed(code, f"{' '.join(cmd)} failed (exit status {code}); see {log.name}")
     row = json.loads(out.strip().splitlines()[-1])
     row["peak_rss_mb"] = usage.ru_maxrss / 1024
     row["wall_seconds"] = time.perf_counter() - t0

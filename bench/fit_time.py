@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.anomalib_compare import ensure_anomalib, run_row
+from bench.anomalib_compare import WorkerFailed, ensure_anomalib, run_row
 from bench.fit_eval import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,23 @@ def ours(data: Path, log) -> dict:
 
 
 def padim(data: Path, size: int, log) -> dict:
+    """PaDiM's fit seconds, or how its worker failed (at 640 px on deeppcb the kernel killed it for memory:
+    PaDiM keeps every training image's embedding at every grid position)."""
     cmd = [str(ensure_anomalib()), "-m", "bench.anomalib_worker", "--method", "padim", "--data", str(data),
            "--work", str(WORK / "anomalib"), "--size", str(size), "--no-eval"]
-    return run_row(cmd, log)
+    try:
+        return run_row(cmd, log)
+    except WorkerFailed as e:
+        print(f"[failed] padim {size} px on {data.name}: {e}", flush=True)
+        return {"failed": str(e), "exit_status": e.code}
+
+
+def _padim_cell(p: dict, ours_s: float) -> str:
+    if "fit_seconds" in p:
+        return f"{p['fit_seconds']:.0f} | {ours_s / p['fit_seconds']:.1f} | "
+    code = p.get("exit_status")
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    return f"failed ({how}) | - | "
 
 
 def table(rows: dict) -> str:
@@ -70,8 +84,7 @@ def table(rows: dict) -> str:
         profile = o["fit_profile_s"] or {}
         phases = ", ".join(f"{k} {v:.0f}" for k, v in profile.items())
         phases += f", rest {o['wall_seconds'] - sum(profile.values()):.0f}"
-        peers = "".join(f"{p:.0f} | {o['wall_seconds'] / p:.1f} | "
-                        for p in (r[f"padim_{size}"]["fit_seconds"] for size in PADIM_SIZES))
+        peers = "".join(_padim_cell(r[f"padim_{size}"], o["wall_seconds"]) for size in PADIM_SIZES)
         lines.append(f"| {name} | {o['n_train_images']} | {o['wall_seconds']:.0f} | {peers}{phases} |")
     return "\n".join(lines) + "\n"
 
@@ -87,7 +100,8 @@ def plot(rows: dict, path: Path) -> None:
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bars = [("ours (sae-inspect fit, with export)", [rows[n]["ours"]["wall_seconds"] for n in names])]
-    bars += [(f"PaDiM {size} px", [rows[n][f"padim_{size}"]["fit_seconds"] for n in names]) for size in PADIM_SIZES]
+    bars += [(f"PaDiM {size} px", [rows[n][f"padim_{size}"].get("fit_seconds", 0.0) for n in names])
+             for size in PADIM_SIZES]  # a failed fit (out of memory) draws no bar
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars):
         ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
