@@ -49,8 +49,8 @@ def ours(data: Path, log) -> dict:
 
 
 def padim(data: Path, size: int, log) -> dict:
-    """PaDiM's fit seconds, or how its worker failed (at 640 px on deeppcb the kernel killed it for memory:
-    PaDiM keeps every training image's embedding at every grid position)."""
+    """PaDiM's fit seconds, or how its worker failed (bench.accuracy's PaDiM run at 640 px on deeppcb, fit and
+    evaluation, was killed for memory; a failure here is recorded, not fatal to the other rows)."""
     cmd = [str(ensure_anomalib()), "-m", "bench.anomalib_worker", "--method", "padim", "--data", str(data),
            "--work", str(WORK / "anomalib"), "--size", str(size), "--no-eval"]
     try:
