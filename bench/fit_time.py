@@ -101,7 +101,7 @@ def plot(rows: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bars = [("ours (sae-inspect fit, with export)", [rows[n]["ours"]["wall_seconds"] for n in names])]
     bars += [(f"PaDiM {size} px", [rows[n][f"padim_{size}"].get("fit_seconds", 0.0) for n in names])
-             for size in PADIM_SIZES]  # a failed fit (out of memory) draws no bar
+             for size in PADIM_SIZES]  # a fit whose worker failed draws no bar
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars):
         ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label)
