@@ -132,6 +132,11 @@ VARIANTS = {
                        {"seed": 2}, {}),
     "steps1000_seed1": ("SAE 1000 steps, fit seed 1, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 1}, {}),
     "steps1000_seed2": ("SAE 1000 steps, fit seed 2, 256 px", {"preprocess": S256}, {"steps": 1000, "seed": 2}, {}),
+    # pool 1: each patch feature its own cell's, as PaDiM's (no 3 x 3 average): sharper maps for AUPRO?
+    "pool1": ("no pooling (pool 1: each patch feature its own cell's, as PaDiM's; default 3 x 3), 640 px",
+              {"scoring": {"pool": 1}}, {}, {}),
+    "pool1_256": ("no pooling (pool 1), 256 px (the canvas magnetic_tile's default fit takes)",
+                  {"preprocess": S256, "scoring": {"pool": 1}}, {}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
     "none": ("normalize none (set by the engineer: no selection split), 256 px",
              {"preprocess": S256, "scoring": {"normalize": "none"}}, {}, {}),

@@ -1,6 +1,6 @@
 """What inference costs beyond the backbone, in one process, in interleaved rounds.
 
-    python -m bench.cost --model bench/work/variant_magnetic_tile_size512.safetensors
+    python -m bench.cost --model bench/work/accuracy_deeppcb.safetensors
 
 For three image sizes (a 256 px part, a 900 x 900 part, a 4096 x 256 strip; generated parts
 saved as PNG) and batch 1 and 8, each round times, one after the other:
@@ -11,7 +11,8 @@ saved as PNG) and batch 1 and 8, each round times, one after the other:
   file      decode + Detector.inspect from PNG bytes;
   http      the service (a server process, the model and its export side by side as a fit leaves them,
             so it serves its default runtime: ONNX Runtime on CPU) at concurrency 1 (batch-1 rows) and
-            8 (batch-8 rows);
+            8 (batch-8 rows), its steady-state rate (`http_rate`); at concurrency 8 also a second server
+            with SAE_INSPECT_CPU_TURNS=false (uploads decoded while a batch runs: service/turns.py);
   onnx      PortableDetector.inspect (the exported model in ONNX Runtime) on decoded pictures;
   onnx_file decode + PortableDetector.inspect from PNG bytes: what the service does per image, in process;
   openvino  the same ONNX file compiled by OpenVINO (f32), canvases to maps only (when installed).
@@ -58,11 +59,11 @@ from models.preprocess import make_canvases
 from models.synthetic import good_part
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "bench" / "work" / "variant_magnetic_tile_size512.safetensors"
-"""A 512 px magnetic_tile fit (`bench.accuracy --variants size512`): the canvas the rule took for images larger than it
-until it took 640 px (2026-12-04 evening; what 640 px costs against it: bench/results/size640_cost.md). The set's
-default fit is 256 px since the fit chooses the canvas from the images (training/canvas.py). The rows of
-bench/results/cost.md are this model's."""
+DEFAULT_MODEL = ROOT / "bench" / "work" / "accuracy_deeppcb.safetensors"
+"""The default fit on deeppcb (`bench.accuracy`): 640 px, the canvas the fit takes for images of 640 px or more (since
+2026-12-04 evening; training/canvas.py), so the model a line sending 900 x 900 parts or long strips gets by default.
+Until then the rows were a 512 px magnetic_tile fit's (`bench.accuracy --variants size512`), kept in
+bench/results/cost_default512.{json,md}. The rows of bench/results/cost.md are this model's."""
 SIZES = {"256 px part": (256, 256), "900x900 part": (900, 900), "4096x256 strip": (256, 4096)}
 
 
@@ -81,6 +82,21 @@ def rate(fn: Callable[[], int], seconds: float) -> float:
     while time.perf_counter() - t0 < seconds:
         n += fn()
     return n / (time.perf_counter() - t0)
+
+
+def http_rate(url: str, payloads: list[bytes], concurrency: int, batch_s: float, seconds: float) -> dict:
+    """The service's steady-state images/s at `concurrency`: replies that arrive inside a window of at least ten
+    batches (`batch_s`: one batch's time in process), after one batch's time of warm-up, over the window's length.
+    Counting every reply over the whole run instead would charge the ramp (all clients decoding at once) and the
+    tail (the last batch, after the clients stopped sending) to the service: a third of a 4 s run of a 640 px model,
+    whose batch of 8 takes 1.5 s."""
+    warm, window = batch_s, max(seconds, 10 * batch_s)
+    t0, c0 = time.perf_counter(), time.process_time()
+    replies = asyncio.run(load(url, "line", payloads, concurrency, warm + window))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    inside = [r for r in replies if r.status == 200 and t0 + warm <= r.done <= t0 + warm + window]
+    return {**summary(replies, wall, concurrency), "images_per_s": len(inside) / window, "window_s": window,
+            "client_cores": cpu / wall}
 
 
 def profile(det: Detector, canvases: np.ndarray) -> dict[str, float]:
@@ -227,7 +243,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(a.model, Path(d) / "line.safetensors")
         shutil.copy(onnx_file, Path(d) / "line.onnx")  # beside it, as a fit leaves it: the default runtime
-        with server_process(Path(d), SAE_INSPECT_DEVICE=a.device, SAE_INSPECT_QUEUE_SIZE="256") as (url, _):
+        server = {"SAE_INSPECT_DEVICE": a.device, "SAE_INSPECT_QUEUE_SIZE": "256"}
+        with server_process(Path(d), **server) as (url, _), \
+                server_process(Path(d), **server, SAE_INSPECT_CPU_TURNS="false") as (url_overlap, _):
             for r in range(a.rounds):
                 for name in SIZES:
                     for bs in (1, 8):
@@ -235,14 +253,16 @@ def main() -> None:
                             samples.setdefault(f"{name}|{bs}|{stage}", []).append(
                                 rate(lambda fn=fn, name=name, bs=bs: fn(name, bs), a.seconds))
                         conc = 1 if bs == 1 else 8
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        replies = asyncio.run(load(url, "line", data[name], conc, a.seconds * 2))
-                        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                        row = summary(replies, wall, conc)
-                        samples.setdefault(f"{name}|{bs}|http", []).append(row["images_per_s"])
-                        samples.setdefault(f"{name}|{bs}|http_client_cores", []).append(cpu / wall)
-                        for k, v in row["server_median"].items():
-                            samples.setdefault(f"{name}|{bs}|http_server_{k}", []).append(v)
+                        batch_s = conc / samples[f"{name}|{bs}|onnx"][-1]  # one batch's time in process
+                        for key, server_url in (("http", url), ("http_overlap", url_overlap)):
+                            if key == "http_overlap" and conc == 1:  # one request at a time: nothing overlaps
+                                continue
+                            row = http_rate(server_url, data[name], conc, batch_s, a.seconds * 2)
+                            samples.setdefault(f"{name}|{bs}|{key}", []).append(row["images_per_s"])
+                            if key == "http":
+                                samples.setdefault(f"{name}|{bs}|http_client_cores", []).append(row["client_cores"])
+                                for k, v in row["server_median"].items():
+                                    samples.setdefault(f"{name}|{bs}|http_server_{k}", []).append(v)
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     breakdown = profile(det, canvases["900x900 part"][:8])
@@ -275,18 +295,25 @@ def main() -> None:
                      for s in ("bare_offline", "maps", "inspect", "file", "http", "onnx", "openvino")]
             lines.append(f"| {name} | {bs} | {b:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "The service (http) against the same runtime in process: `ONNX Runtime decode + inspect` "
-              "decodes the PNG and inspects in one process, as the service does per request; server times are "
-              "the replies' own medians (ms per request; inference = the whole micro-batch's); load generator = "
-              "the client process's CPU use in cores, on the same 2 cores as the server", "",
+              "decodes the PNG and inspects in one process, as the service does per request; http = steady-state "
+              "replies per second inside a window of at least ten batches after one batch's warm-up "
+              "(`http_rate`); decoding during inference = the same service with `SAE_INSPECT_CPU_TURNS=false` "
+              "(uploads decoded while a CPU batch runs, as before service/turns.py; concurrency 8 only: one request "
+              "at a time overlaps nothing); server times are the default service's replies' own medians (ms per "
+              "request, decode including its wait for the cores; inference = the whole micro-batch's); load "
+              "generator = the client process's CPU use in cores, on the same 2 cores as the server", "",
               "| image | concurrency | http | ONNX Runtime decode + inspect | http / that | http / ONNX Runtime "
-              "inspect | server decode ms | server queue ms | server inference ms (batch) | load generator cores |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "inspect | decoding during inference: http / ONNX Runtime inspect | server decode ms | server queue "
+              "ms | server inference ms (batch) | load generator cores |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in SIZES:
         for bs in (1, 8):
             h, f, o = (med[f"{name}|{bs}|{k}"] for k in ("http", "onnx_file", "onnx"))
+            overlap = med.get(f"{name}|{bs}|http_overlap")
             sv = {k: med.get(f"{name}|{bs}|http_server_{k}", float("nan"))
                   for k in ("decode_ms", "queue_ms", "inference_ms", "batch_size")}
             lines.append(f"| {name} | {1 if bs == 1 else 8} | {h:.1f} | {f:.1f} | {h / f:.2f} | {h / o:.2f} | "
+                         + ("-" if overlap is None else f"{overlap:.1f} ({overlap / o:.2f})") + " | "
                          f"{sv['decode_ms']:.1f} | {sv['queue_ms']:.1f} | {sv['inference_ms']:.0f} "
                          f"({sv['batch_size']:.0f}) | {med[f'{name}|{bs}|http_client_cores']:.2f} |")
     total = sum(breakdown.values())

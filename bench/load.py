@@ -18,6 +18,8 @@ class Reply(NamedTuple):
     seconds: float
     server_ms: dict | None = None
     """The service's own `timings` of a 200 reply (decode, queue, inference, total; batch size)."""
+    done: float = 0.0
+    """`time.perf_counter()` when the reply arrived: a steady-state rate counts the replies inside a window."""
 
 
 async def load(url: str, model: str, payloads: list[bytes], concurrency: int, seconds: float,
@@ -35,10 +37,11 @@ async def load(url: str, model: str, payloads: list[bytes], concurrency: int, se
                     r = await c.post(f"/v1/models/{model}/inspect", content=payloads[k % len(payloads)],
                                      headers={"content-type": content_type})
                     body = r.json() if r.status_code == 200 else {}
-                    replies.append(Reply(r.status_code, body.get("model_version"), time.perf_counter() - t0,
-                                         body.get("timings")))
+                    t1 = time.perf_counter()
+                    replies.append(Reply(r.status_code, body.get("model_version"), t1 - t0, body.get("timings"), t1))
                 except httpx.HTTPError as e:
-                    replies.append(Reply(0, repr(e), time.perf_counter() - t0))
+                    t1 = time.perf_counter()
+                    replies.append(Reply(0, repr(e), t1 - t0, None, t1))
                 k += concurrency
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))

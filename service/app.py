@@ -31,6 +31,7 @@ from service.registry import ModelRegistry
 from service.routes import router
 from service.schemas import error_code
 from service.settings import Settings, SettingsError, load_settings
+from service.turns import Turns
 
 log = logging.getLogger("sae_inspect.service")
 
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         executor = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one device, one runner
         app.state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        registry = ModelRegistry(settings, metrics, executor)
+        registry = ModelRegistry(settings, metrics, executor, app.state.turns)
         app.state.registry = registry
         app.state.feedback = None
         if settings.feedback_dir is not None:
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Visual inspection from good images only: score, verdict, defect regions, heat map.")
     app.state.settings, app.state.metrics = settings, metrics
     app.state.budget = PixelBudget(settings.max_decode_pixels, metrics.decode_pixels.set)
+    app.state.turns = Turns(settings.cpu_turns)
     app.include_router(router)
     static = Path(__file__).parent / "static"
     app.mount("/static", ConsoleStatic(directory=static), name="static")

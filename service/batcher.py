@@ -22,6 +22,7 @@ import numpy as np
 
 from models.inspection import Inspection, Scorer
 from service.metrics import Metrics
+from service.turns import Turns
 
 if TYPE_CHECKING:  # explanations exist only where PyTorch does; the batcher itself never needs it
     from models.explain import RegionExplanation
@@ -57,8 +58,11 @@ class _Item(NamedTuple):
 
 class MicroBatcher:
     def __init__(self, name: str, detector: Scorer, executor: Executor, metrics: Metrics,
-                 max_batch: int, max_wait_s: float, queue_size: int, arriving: Callable[[], int]):
+                 max_batch: int, max_wait_s: float, queue_size: int, arriving: Callable[[], int],
+                 turns: Turns | None = None):
         self.name, self.detector, self.executor, self.metrics = name, detector, executor, metrics
+        self.turns = turns
+        """The gate a CPU batch runs alone under (service.turns); None: its batches leave the cores to decoding."""
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.arriving = arriving
         """How many requests for this model are being decoded now (they will queue within milliseconds)."""
@@ -135,7 +139,8 @@ class MicroBatcher:
             self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self._infer, batch)
+                results = await (loop.run_in_executor(self.executor, self._infer, batch) if self.turns is None else
+                                 loop.run_in_executor(self.executor, self.turns.batch, self._infer, batch))
             except Exception as e:  # noqa: BLE001 - one bad batch must not kill the worker
                 log.exception("inference failed for model %s", self.name)
                 for it in batch:

@@ -30,6 +30,7 @@ from models.portable import StaleExport, load_scorer
 from service.batcher import MicroBatcher
 from service.metrics import Metrics
 from service.settings import Settings
+from service.turns import Turns
 
 log = logging.getLogger(__name__)
 DEVICE_BATCH = {"cpu": 8, "cuda": 32}
@@ -83,8 +84,10 @@ class LoadFailure:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor):
+    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor, turns: Turns):
         self.settings, self.metrics, self.executor = settings, metrics, executor
+        self.turns = turns
+        """The server's one gate between CPU inference and decoding (service.turns): the cores are shared."""
         # Loading + warm-up get their own thread: a reload must not wait behind a full inference queue.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.models: dict[str, Served] = {}
@@ -212,9 +215,10 @@ class ModelRegistry:
                 raise ArtifactError(msg) from e
             s = self.settings
             device = getattr(det, "device", None)
-            batch = s.max_batch_size or DEVICE_BATCH.get(device.type if device is not None else "cpu", 8)
-            batcher = MicroBatcher(name, det, self.executor, self.metrics, batch,
-                                   s.max_wait_ms / 1000, s.queue_size, lambda: self._arriving[name])
+            kind = device.type if device is not None else "cpu"  # an ONNX export runs on the CPU
+            batch = s.max_batch_size or DEVICE_BATCH.get(kind, 8)
+            batcher = MicroBatcher(name, det, self.executor, self.metrics, batch, s.max_wait_ms / 1000,
+                                   s.queue_size, lambda: self._arriving[name], self.turns if kind == "cpu" else None)
             batcher.start()
             old = self.models.get(name)
             self.models[name] = Served(name, det, batcher, path, stamp, self._monitor(det))

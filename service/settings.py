@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     decode_wait_s: float = Field(10.0, ge=0, description="how long an image may wait for decoding capacity")
     decode_threads: int = Field(min(4, os.cpu_count() or 1), ge=1, le=64,
                                 description="threads decoding uploads (a pool of its own, beside inference)")
+    cpu_turns: bool = Field(True, description="a CPU micro-batch runs alone on the cores: uploads are decoded "
+                            "between batches, not during them (service/turns.py; bench/results/cost.md)")
     torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads for inference; 0 = torch's "
                                "default (one per core)")
     max_batch_files: int = Field(32, ge=1, description="files per /inspect/batch request")

@@ -50,8 +50,8 @@ async def decode_upload(request: Request, model: str, data: bytes, settings: Set
         if served is None:
             raise HTTPException(404, f"model {model!r} was unloaded")
         async with budget.hold(header.pixels, settings.decode_wait_s):
-            return await loop.run_in_executor(request.app.state.decode_pool, served.detector.decode, data,
-                                              settings.max_pixels, "image")
+            return await loop.run_in_executor(request.app.state.decode_pool, request.app.state.turns.decode,
+                                              served.detector.decode, data, settings.max_pixels, "image")
     except ImageDecodeError as e:
         raise HTTPException(DECODE_STATUS[e.kind], str(e) + (f" (file {name!r})" if name else "")) from None
     except BudgetBusy:
