@@ -137,6 +137,12 @@ VARIANTS = {
               {"scoring": {"pool": 1}}, {}, {}),
     "pool1_256": ("no pooling (pool 1), 256 px (the canvas magnetic_tile's default fit takes)",
                   {"preprocess": S256, "scoring": {"pool": 1}}, {}, {}),
+    "pool1_seed1": ("no pooling (pool 1), fit seed 1, 640 px", {"scoring": {"pool": 1}}, {"seed": 1}, {}),
+    "pool1_seed2": ("no pooling (pool 1), fit seed 2, 640 px", {"scoring": {"pool": 1}}, {"seed": 2}, {}),
+    "pool1_256_seed1": ("no pooling (pool 1), fit seed 1, 256 px", {"preprocess": S256, "scoring": {"pool": 1}},
+                        {"seed": 1}, {}),
+    "pool1_256_seed2": ("no pooling (pool 1), fit seed 2, 256 px", {"preprocess": S256, "scoring": {"pool": 1}},
+                        {"seed": 2}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
     "none": ("normalize none (set by the engineer: no selection split), 256 px",
              {"preprocess": S256, "scoring": {"normalize": "none"}}, {}, {}),

@@ -46,7 +46,7 @@ MODEL_FLAGS = {  # flag -> (config section, field)
     "tile_scale": ("preprocess", "tile_scale"), "overlap": ("preprocess", "overlap"),
     "expansion": ("sae", "expansion"), "k": ("sae", "k"),
     "sigma": ("scoring", "sigma"), "image_score": ("scoring", "image_score"), "context": ("scoring", "context"),
-    "normalize": ("scoring", "normalize"), "error": ("scoring", "error"),
+    "normalize": ("scoring", "normalize"), "error": ("scoring", "error"), "pool": ("scoring", "pool"),
 }
 _SECTIONS = {"backbone": BackboneConfig, "preprocess": PreprocessConfig, "sae": SAEConfig, "scoring": ScoringConfig}
 
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overlap", type=int, help=f"default {PreprocessConfig.overlap}")
     m.add_argument("--expansion", type=int, help=f"default {SAEConfig.expansion}")
     m.add_argument("--k", type=int, help=f"default {SAEConfig.k}")
+    m.add_argument("--pool", type=int, help="odd window each backbone stage is averaged over per patch (1 = the "
+                   f"patch's own cell; measured in bench/results/accuracy.md), default {ScoringConfig.pool}")
     m.add_argument("--sigma", type=float, help=f"default {ScoringConfig.sigma}")
     m.add_argument("--image-score", choices=["max", "top_mean"], help=f"default {ScoringConfig.image_score}")
     m.add_argument("--normalize", choices=[*NORMALIZE_CHOICES, "auto"],
