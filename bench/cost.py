@@ -49,7 +49,7 @@ from PIL import Image
 from bench.accuracy import PATCHCORE, PEER_SIZES, peer_name
 from bench.fit_eval import machine
 from bench.images import encode
-from bench.load import load, summary
+from bench.load import load, steady_rate, summary
 from bench.servers import server_process
 from models.backbone_runtime import offline_backbone
 from models.detector import Detector
@@ -94,9 +94,8 @@ def http_rate(url: str, payloads: list[bytes], concurrency: int, batch_s: float,
     t0, c0 = time.perf_counter(), time.process_time()
     replies = asyncio.run(load(url, "line", payloads, concurrency, warm + window))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    inside = [r for r in replies if r.status == 200 and t0 + warm <= r.done <= t0 + warm + window]
-    return {**summary(replies, wall, concurrency), "images_per_s": len(inside) / window, "window_s": window,
-            "client_cores": cpu / wall}
+    return {**summary(replies, wall, concurrency), "images_per_s": steady_rate(replies, t0, warm, window),
+            "window_s": window, "client_cores": cpu / wall}
 
 
 def profile(det: Detector, canvases: np.ndarray) -> dict[str, float]:

@@ -48,6 +48,14 @@ async def load(url: str, model: str, payloads: list[bytes], concurrency: int, se
     return replies
 
 
+def steady_rate(replies: list[Reply], start: float, warm: float, window: float) -> float:
+    """Images/s of the replies that arrived `warm` to `warm + window` seconds after `start` (a perf_counter), every
+    client busy all along: the ramp (all clients decoding at once) and the tail (the last batch, after the clients
+    stopped sending) are left out. `load` sends until `start + seconds`, so `warm + window <= seconds`."""
+    inside = [r for r in replies if r.status == 200 and start + warm <= r.done <= start + warm + window]
+    return len(inside) / window
+
+
 def summary(replies: list[Reply], elapsed: float, concurrency: int) -> dict:
     """Throughput and latency of a load run."""
     codes: dict[int, int] = {}

@@ -1,11 +1,12 @@
 """Drive a running service over loopback at several concurrencies; compare with the bare model.
 
-    python -m bench.service_load --model bench/work/fit_eval_magnetic_tile_default.safetensors \
+    python -m bench.service_load --model bench/work/accuracy_magnetic_tile.safetensors \
         --images ../shared/datasets/magnetic_tile/test
 
 Starts `sae-inspect-serve` on a free port with a copy of the artifact, then for each
 concurrency (1, 8, 32) runs closed-loop asyncio clients for `--seconds`, and records
-throughput and latency percentiles. The bare forward throughput (Detector.inspect in
+throughput (over the whole run, and in steady state: ``bench.load.steady_rate``, the ramp and the
+tail left out) and latency percentiles. The bare forward throughput (Detector.inspect in
 this process, batch 1 and batch 8, same images) is the ceiling the service approaches. CPU
 accounting (the server's and the load generator's CPU seconds per image, from /proc and
 process_time) shows where the 2 cores go: the load generator runs on the same cores as the
@@ -33,7 +34,7 @@ from pathlib import Path
 import httpx
 
 from bench.fit_eval import machine
-from bench.load import load, summary
+from bench.load import load, steady_rate, summary
 from bench.servers import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,11 +96,13 @@ def main() -> None:
                     pass
                 time.sleep(0.5)
             rows = []
+            warm = 8 / bare["bare_images_per_s_batch8"]  # one batch's time in process: the ramp left out
             for c in a.concurrency:
                 print(f"concurrency {c}...", flush=True)
                 t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_seconds(server.pid)
                 replies = asyncio.run(load(url, "bench", payloads, c, a.seconds))
                 rows.append(summary(replies, time.perf_counter() - t0, c))
+                rows[-1]["steady_images_per_s"] = steady_rate(replies, t0, warm, a.seconds - warm)
                 ok = max(rows[-1]["ok"], 1)
                 rows[-1]["server_cpu_ms_per_image"] = 1000 * (cpu_seconds(server.pid) - s0) / ok
                 rows[-1]["client_cpu_ms_per_image"] = 1000 * (time.process_time() - c0) / ok
@@ -119,14 +122,20 @@ def main() -> None:
              f"{bare['bare_images_per_s_batch8']:.1f} images/s at batch 8.", "",
              f"In-process CPU per image: {bare['bare_cpu_ms_per_image_batch1']:.1f} ms at batch 1, "
              f"{bare['bare_cpu_ms_per_image_batch8']:.1f} ms at batch 8 (all cores together).", "",
-             "| concurrency | requests | 200 OK | other statuses | images/s | p50 ms | p99 ms | server CPU ms/image "
-             "| load generator CPU ms/image | load generator share of CPU used |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "images/s: every 200 reply over the whole run; steady state: the replies that arrived after one batch's "
+             "time in process and before the clients stopped sending, over that window (bench/load.py:steady_rate), "
+             "and its ratio to the bare model at batch 8.", "",
+             "| concurrency | requests | 200 OK | other statuses | images/s | steady-state images/s "
+             "| x bare batch 8 | p50 ms | p99 ms | server CPU ms/image | load generator CPU ms/image "
+             "| load generator share of CPU used |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         other = {k: v for k, v in r["status_counts"].items() if k != 200}
         srv, cli = r["server_cpu_ms_per_image"], r["client_cpu_ms_per_image"]
         lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other or '-'} | "
-                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {srv:.1f} | {cli:.1f} | "
+                     f"{r['images_per_s']:.1f} | {r['steady_images_per_s']:.1f} | "
+                     f"{r['steady_images_per_s'] / bare['bare_images_per_s_batch8']:.2f} | "
+                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {srv:.1f} | {cli:.1f} | "
                      f"{cli / (srv + cli):.0%} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
