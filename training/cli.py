@@ -27,6 +27,8 @@ from training.calibrate import CalibrationConfig
 from training.fit import FitConfig
 
 log = logging.getLogger("sae-inspect")
+QUIET_LOGGERS = ("onnxscript", "onnx_ir")
+"""Libraries whose INFO lines say nothing to the engineer running a fit (shown with --verbose)."""
 
 
 def _code_version() -> str:
@@ -329,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not a.verbose:  # the ONNX exporter's graph optimiser logs each rewrite at INFO: dozens of lines per export
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return a.func(a) or 0
     except (ArtifactError, BackboneError, ImageDecodeError, FileNotFoundError, NotADirectoryError,

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 
 import numpy as np
@@ -53,14 +54,18 @@ def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys
     assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
 
 
-def test_fit_writes_a_validated_onnx_export_beside_the_artifact(small_data, tmp_path):
+def test_fit_writes_a_validated_onnx_export_beside_the_artifact(small_data, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     from models.portable import PortableDetector
     from training.export import TOLERANCE
 
     out = tmp_path / "m.safetensors"
     args = [a for a in FAST if a != "--no-export"]
+    caplog.set_level(logging.INFO)
     assert main(["fit", str(small_data), "--out", str(out), *args]) == 0
+    # the fit's own INFO lines, not the exporter's graph rewrites
+    assert any(r.name == "sae-inspect" for r in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir")]
     onnx = tmp_path / "m.onnx"
     assert onnx.exists()
     det, portable = Detector.from_artifact(out, "cpu"), PortableDetector(onnx, companion=out)
