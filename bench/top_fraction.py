@@ -34,26 +34,12 @@ def label(mode: str, fraction: float) -> str:
 
 
 def variant_scores(det, paths: list) -> tuple[list, np.ndarray]:
-    """Image files -> (the paths that decoded, (n, len(SCORES)) image scores of each), maps never kept."""
+    """Image files -> (the paths that decoded, (n, len(SCORES)) image scores of each from one work map)."""
     from models.decision import image_score
-    from training.data import iter_images
+    from training.calibrate import score_files
 
-    kept, rows, pending = [], [], []
-
-    def flush() -> None:
-        for (p, _), (work_map, _) in zip(pending, det.maps([img for _, img in pending]), strict=True):
-            kept.append(p)
-            rows.append([image_score(work_map, mode, f) for mode, f in SCORES])
-        pending.clear()
-
-    for p, img in iter_images(paths, det.config.preprocess):
-        if img is not None:
-            pending.append((p, img))
-        if len(pending) >= 8:
-            flush()
-    if pending:
-        flush()
-    return kept, np.asarray(rows, np.float64)
+    kept, _, maps = score_files(det, paths)
+    return kept, np.asarray([[image_score(m, mode, f) for mode, f in SCORES] for m in maps], np.float64)
 
 
 def model_for(name: str):

@@ -139,8 +139,8 @@ class MicroBatcher:
             self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
             started = time.perf_counter()
             try:
-                results = await (loop.run_in_executor(self.executor, self._infer, batch) if self.turns is None else
-                                 loop.run_in_executor(self.executor, self.turns.batch, self._infer, batch))
+                run = (self._infer,) if self.turns is None else (self.turns.batch, self._infer)
+                results = await loop.run_in_executor(self.executor, *run, batch)
             except Exception as e:  # noqa: BLE001 - one bad batch must not kill the worker
                 log.exception("inference failed for model %s", self.name)
                 for it in batch:
