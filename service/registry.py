@@ -1,7 +1,7 @@
 """The models being served: one per artifact in the models folder, hot-swappable.
 
-A (re)load builds the new detector off the event loop, warms it up with one
-inference, and only then swaps it in. Requests already queued finish on the old
+A (re)load builds the new detector off the event loop, warms it up with one batch of the size
+it will serve, and only then swaps it in. Requests already queued finish on the old
 model, whose batcher drains before it stops. A bad artifact is logged and counted,
 and the old model keeps serving.
 """
@@ -33,9 +33,22 @@ from service.settings import Settings
 from service.turns import Turns
 
 log = logging.getLogger(__name__)
-DEVICE_BATCH = {"cpu": 8, "cuda": 32}
-"""Micro-batch size when SAE_INSPECT_MAX_BATCH_SIZE is unset: on CPU batch 8 already reaches the
-batched throughput (bench/results/cost.md); a GPU needs larger batches to fill."""
+DEVICE_BATCH = {"cpu": 4, "cuda": 32}
+"""Micro-batch size when SAE_INSPECT_MAX_BATCH_SIZE is unset. On CPU a batch gains nothing over one image
+(ONNX Runtime in process: 38-40 images/s at batch 1 and at 8 on the 256 px model, 5.7-6.2 on the 640 px one:
+bench/results/service_load*.md), so a batch only has to let the cores run one batch while the next one's
+clients upload: 4 (since 2026-12-05; 8 before) kept the 2 cores busier under 8 concurrent clients (two pairs of
+runs on the 256 px model: 36.1 images/s both times against 33.5-33.7, p99 312-315 ms against 352-389 ms; the
+640 px model 5.7 against 5.9 images/s in one pair, within its rounds' spread: bench/results/service_load_batch/).
+A GPU needs larger batches to fill."""
+
+
+def device_kind(det: Scorer) -> str:
+    """'cpu' or 'cuda': where a model's batches run (an ONNX export runs on the CPU)."""
+    device = getattr(det, "device", None)
+    return device.type if device is not None else "cpu"
+
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_RULE = ("a model name (the file stem) must be 1-64 ASCII letters, digits, '_', '.' or '-', start with a "
              "letter or digit and hold no '..'")
@@ -192,8 +205,15 @@ class ModelRegistry:
             self.stale.pop(path.name, None)
         if det.calibration is None:
             raise ArtifactError(f"{path.name}: artifact has no calibration; refit it with `sae-inspect fit`")
-        det.inspect([np.full((64, 64, 3), 0.5, np.float32)])  # warm-up; also proves it runs
+        # Warm-up at the batch size it will serve: proves it runs at that size (memory included: a GPU that cannot
+        # hold a full batch fails here, and the serving version stays), and pays the runtime's slow first full
+        # batch (ONNX Runtime on CPU grows its memory arena: the first batch of 8 at 640 px ran at half speed)
+        # before any request does.
+        det.inspect([np.full((64, 64, 3), 0.5, np.float32)] * self._batch_size(det))
         return det
+
+    def _batch_size(self, det: Scorer) -> int:
+        return self.settings.max_batch_size or DEVICE_BATCH.get(device_kind(det), 8)
 
     async def load(self, name: str) -> Served:
         """(Re)load one model from its artifact; on failure the current one stays and the error is raised."""
@@ -214,10 +234,8 @@ class ModelRegistry:
                     self.models[name].stamp = stamp  # don't retry the same bad file every poll
                 raise ArtifactError(msg) from e
             s = self.settings
-            device = getattr(det, "device", None)
-            kind = device.type if device is not None else "cpu"  # an ONNX export runs on the CPU
-            batch = s.max_batch_size or DEVICE_BATCH.get(kind, 8)
-            batcher = MicroBatcher(name, det, self.executor, self.metrics, batch, s.max_wait_ms / 1000,
+            kind = device_kind(det)
+            batcher = MicroBatcher(name, det, self.executor, self.metrics, self._batch_size(det), s.max_wait_ms / 1000,
                                    s.queue_size, lambda: self._arriving[name], self.turns if kind == "cpu" else None)
             batcher.start()
             old = self.models.get(name)

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("artifacts"), description="folder of *.safetensors artifacts, one per model")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
     max_batch_size: int | None = Field(None, ge=1, le=256, description="images per micro-batch; unset = "
-                                       "chosen per device (8 on CPU, 32 on CUDA)")
+                                       "chosen per device (4 on CPU, 32 on CUDA)")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="wait for more images before running a "
                                  "batch, only while more requests for the model are being decoded (none: it runs at "
                                  "once)")

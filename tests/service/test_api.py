@@ -262,3 +262,15 @@ def test_drift_and_burst_evidence_are_exported_and_reset_on_reload(make_client, 
         assert c.post("/v1/models/parts/reload", headers=auth).json()["version"] == "test-2"
         assert metric(c, "sae_inspect_burst_evidence", model="parts") == 0
         assert metric(c, "sae_inspect_drift_evidence", model="parts") == 0
+
+
+def test_a_model_is_warmed_up_with_a_full_batch_before_it_serves(make_client, monkeypatch):
+    from models.detector import Detector
+
+    sizes: list[int] = []
+    inspect = Detector.inspect
+    monkeypatch.setattr(Detector, "inspect", lambda self, images, *a, **k: sizes.append(len(images))
+                        or inspect(self, images, *a, **k))
+    with make_client(max_batch_size=3) as c:
+        assert c.app.state.registry.models["parts"].batcher.max_batch == 3
+        assert sizes == [3]  # the load's one warm-up batch, at the size the batcher will run
