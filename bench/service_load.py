@@ -9,7 +9,7 @@ slower, down to 0.75 x on the 640 px model; its ratio is kept as `warm_up_ratio`
 then `--rounds` interleaved rounds, each of them: the bare model in this process (`Detector.inspect` on the same
 images, already decoded, at batch 1 and at batch 8, after a warm-up of at least a second at each: ONNX Runtime's
 first batches at a new shape run at half speed), then closed-loop asyncio clients against the server for
-`--seconds` (at least eleven batches' time in process: a heavy model's replies come a batch at a time). A round's
+`--seconds` (at least 88 images' time in process: a heavy model's replies come a batch at a time). A round's
 ratio is the service's steady-state rate (``bench.load.steady_rate``: the ramp and the tail left out) over the
 better of the two bare rates measured just before it: the machine's speed drifts by several per cent within
 minutes, so a ceiling measured once, minutes away from the server's run, moves the ratio by as much as the
@@ -77,7 +77,7 @@ def run_concurrency(url: str, server_pid: int, det, decoded: list, payloads: lis
     replies, per_round, load_wall, server_cpu, server_sys, client_cpu = [], [], 0.0, 0.0, 0.0, 0.0
     bare = bare_rates(det, decoded, seconds / 4)
     rate = bare[f"bare_images_per_s_batch{best(bare)}"]
-    t0, warm = time.perf_counter(), 8 / rate
+    t0, warm = time.perf_counter(), 8 / rate  # the warm-up load: its rate is reported, never counted
     window = max(seconds / 2, 3 * warm)
     cold = steady_rate(asyncio.run(load(url, "bench", payloads, concurrency, warm + window)), t0, warm, window) / rate
     print(f"warm-up load (not counted): {cold:.2f} x in-process", flush=True)
@@ -85,8 +85,8 @@ def run_concurrency(url: str, server_pid: int, det, decoded: list, payloads: lis
         bare = bare_rates(det, decoded, seconds / 2)
         bs = best(bare)
         rate = bare[f"bare_images_per_s_batch{bs}"]
-        warm = 8 / rate  # one batch's time in process: the ramp left out
-        window = max(seconds - warm, 10 * warm)  # at least ten batches: a heavy model's count is in whole batches
+        warm = 8 / rate  # eight images' time in process (one or two CPU batches): the ramp left out
+        window = max(seconds - warm, 10 * warm)  # a heavy model's replies come a batch at a time: count many
         t0, c0, (u0, s0) = time.perf_counter(), time.process_time(), cpu_times(server_pid)
         got = asyncio.run(load(url, "bench", payloads, concurrency, warm + window))
         load_wall += time.perf_counter() - t0
