@@ -66,25 +66,24 @@ def bare_rates(det, decoded: list, seconds: float) -> dict[str, float]:
     return out
 
 
-def best(bare: dict[str, float]) -> int:
-    """The faster of the bare batch sizes."""
-    return max((1, 8), key=lambda b: bare[f"bare_images_per_s_batch{b}"])
+def best(bare: dict[str, float]) -> tuple[int, float]:
+    """(batch, images/s) of the faster of the bare batch sizes."""
+    bs = max((1, 8), key=lambda b: bare[f"bare_images_per_s_batch{b}"])
+    return bs, bare[f"bare_images_per_s_batch{bs}"]
 
 
 def run_concurrency(url: str, server_pid: int, det, decoded: list, payloads: list[bytes], concurrency: int,
                     rounds: int, seconds: float) -> dict:
     """`rounds` x (bare model, then the service under `concurrency` clients) -> one table row."""
     replies, per_round, load_wall, server_cpu, server_sys, client_cpu = [], [], 0.0, 0.0, 0.0, 0.0
-    bare = bare_rates(det, decoded, seconds / 4)
-    rate = bare[f"bare_images_per_s_batch{best(bare)}"]
+    _, rate = best(bare_rates(det, decoded, seconds / 4))
     t0, warm = time.perf_counter(), 8 / rate  # the warm-up load: its rate is reported, never counted
     window = max(seconds / 2, 3 * warm)
     cold = steady_rate(asyncio.run(load(url, "bench", payloads, concurrency, warm + window)), t0, warm, window) / rate
     print(f"warm-up load (not counted): {cold:.2f} x in-process", flush=True)
     for _ in range(rounds):
         bare = bare_rates(det, decoded, seconds / 2)
-        bs = best(bare)
-        rate = bare[f"bare_images_per_s_batch{bs}"]
+        bs, rate = best(bare)
         warm = 8 / rate  # eight images' time in process (one or two CPU batches): the ramp left out
         window = max(seconds - warm, 10 * warm)  # a heavy model's replies come a batch at a time: count many
         t0, c0, (u0, s0) = time.perf_counter(), time.process_time(), cpu_times(server_pid)
@@ -97,6 +96,7 @@ def run_concurrency(url: str, server_pid: int, det, decoded: list, payloads: lis
         steady = steady_rate(got, t0, warm, window)
         replies += got
         per_round.append({**bare, "steady_images_per_s": steady, "ratio": steady / rate, "bare_batch": bs,
+                          "bare_images_per_s": rate,
                           "bare_cpu_ms_per_image": bare[f"bare_cpu_ms_per_image_batch{bs}"],
                           "bare_system_ms_per_image": bare[f"bare_system_ms_per_image_batch{bs}"]})
         print(per_round[-1], flush=True)
@@ -105,7 +105,7 @@ def run_concurrency(url: str, server_pid: int, det, decoded: list, payloads: lis
     med = statistics.median
     return {**row, "rounds": per_round, "warm_up_ratio": cold,
             "steady_images_per_s": med(r["steady_images_per_s"] for r in per_round),
-            "bare_images_per_s": med(r["steady_images_per_s"] / r["ratio"] for r in per_round),
+            "bare_images_per_s": med(r["bare_images_per_s"] for r in per_round),
             "bare_cpu_ms_per_image": med(r["bare_cpu_ms_per_image"] for r in per_round),
             "bare_system_ms_per_image": med(r["bare_system_ms_per_image"] for r in per_round),
             "bare_batches": sorted({r["bare_batch"] for r in per_round}),
