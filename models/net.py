@@ -21,6 +21,12 @@ from models.geometry import FeatureGrid
 from models.sae import TopKSAE
 from models.scoring import apply_map_operator, latent_novelty, map_operator, normalize_positions
 
+ENCODE_ROWS = 8192
+"""Patches per encoder product in PyTorch (``TopKSAE.encode_topk``; the ONNX export traces one product). A cProfile
+of the scoring choice on tire at 640 px (240 images, batches of 16 canvases: 102,400 patches) spent 27.6 s in the
+encoder's product with whole batches and 17.9 s in blocks of 8192; blocks of 1024 to 16384 timed alike on 51,200
+random patches. Its effect on a whole fit: bench/results/fit_time.md."""
+
 
 class ScoreStats(NamedTuple):
     """What the fit learned from good training patches for scoring, per feature-grid position."""
@@ -95,7 +101,7 @@ class ScoringNet(nn.Module):
         with record_function("features"):  # stage labels for torch.profiler (bench/cost.py); free otherwise
             f = self.features(x)  # (B, h, w, C)
         with record_function("sae_encode"):
-            values, indices = self.sae.encode_topk(f.flatten(0, 2))  # (B*h*w, k): only the active latents
+            values, indices = self.sae.encode_topk(f.flatten(0, 2), None if self.portable else ENCODE_ROWS)
         with record_function("sae_decode"):
             rebuilt = self.sae.decode_topk(values, indices, self.portable).view_as(f)
             err = scored_error(f, rebuilt, self.error)  # (B, h, w)

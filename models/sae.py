@@ -142,9 +142,18 @@ class TopKSAE(nn.Module):
         """(N, n) -> (N, d)"""
         return F.linear(z, self.W_dec, self.b_pre)
 
-    def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, d) -> the k active latents only: values (N, k) (ReLU'd) and indices (N, k). Inference path."""
-        values, indices = self.pre_activations(x).topk(self.k, dim=-1)
+    def encode_topk(self, x: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, d) -> the k active latents only: values (N, k) (ReLU'd) and indices (N, k). Inference path.
+        `rows`: encode at most that many patches per product, so that each (rows, n) block of pre-activations
+        is ranked while it is still in cache rather than written out whole (a 640 px batch of 16 holds
+        102,400 patches: 1 GB of pre-activations); each patch's code is computed alone either way (values equal
+        within float rounding: a block's product may take another kernel). None: one product (what the ONNX
+        export traces, whatever the batch)."""
+        if rows is None or len(x) <= rows:
+            values, indices = self.pre_activations(x).topk(self.k, dim=-1)
+        else:
+            parts = [self.pre_activations(x[i : i + rows]).topk(self.k, dim=-1) for i in range(0, len(x), rows)]
+            values, indices = torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
         return F.relu(values), indices
 
     def decode_topk(self, values: torch.Tensor, indices: torch.Tensor, portable: bool = False) -> torch.Tensor:
@@ -153,7 +162,10 @@ class TopKSAE(nn.Module):
         if portable:
             atoms = self.W_dec.t()[indices]  # (N, k, d)
             return (values.unsqueeze(1) @ atoms).squeeze(1) + self.b_pre
-        return F.embedding_bag(indices, self.W_dec.t(), per_sample_weights=values, mode="sum") + self.b_pre
+        # The atoms as rows of a contiguous matrix: on a transposed view embedding_bag takes a strided path
+        # 5-8 x slower (640 px batch of 16: 0.5 s against 0.07 s on 2 cores); sums equal within float rounding.
+        atoms = self.W_dec.t().contiguous()
+        return F.embedding_bag(indices, atoms, per_sample_weights=values, mode="sum") + self.b_pre
 
     @staticmethod
     def densify(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:

@@ -77,3 +77,17 @@ def test_topk_inference_path_equals_the_dense_one():
     assert torch.equal(TopKSAE.densify(values, indices, sae.n_latents), z)
     torch.testing.assert_close(sae.decode_topk(values, indices), sae.decode(z), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sae.decode_topk(values, indices, portable=True), sae.decode(z), atol=1e-5, rtol=1e-5)
+
+
+def test_encoding_in_blocks_of_rows_gives_every_patch_the_same_code():
+    """encode_topk(x, rows) ranks the pre-activations block by block (cache-sized) and finds the latents of one
+    product, their values equal within float rounding (a block's product may take another kernel): blocks that do
+    not divide the patches, one block larger than all of them, and a block of one row."""
+    sae = TopKSAE(24, 96, 5, seed=3)
+    x = torch.randn(203, 24, generator=torch.Generator().manual_seed(1))
+    whole = sae.encode_topk(x)
+    for rows in (1, 50, 64, 500):
+        values, indices = sae.encode_topk(x, rows)
+        assert values.shape == indices.shape == (203, 5)
+        assert torch.equal(indices, whole[1])
+        torch.testing.assert_close(values, whole[0], atol=1e-6, rtol=1e-6)
