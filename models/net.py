@@ -23,8 +23,8 @@ from models.scoring import apply_map_operator, latent_novelty, map_operator, nor
 
 ENCODE_ROWS = 8192
 """Patches per encoder product in PyTorch (``TopKSAE.encode_topk``; the ONNX export traces one product). A cProfile
-of the scoring choice on tire at 640 px (240 images, batches of 16 canvases: 102,400 patches) spent 27.6 s in the
-encoder's product with whole batches and 17.9 s in blocks of 8192; blocks of 1024 to 16384 timed alike on 51,200
+of the scoring choice on tire at 640 px (240 images, batches of 16 canvases: 102,400 patches) spent 26.4 s in the
+encoder's product with whole batches and 17.2 s in blocks of 8192; blocks of 1024 to 16384 timed alike on 51,200
 random patches. Its effect on a whole fit: bench/results/fit_time.md."""
 
 
