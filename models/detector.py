@@ -22,12 +22,12 @@ from models.artifact import ArtifactError, load_artifact, save_artifact
 from models.backbone import Backbone
 from models.backbone_runtime import offline_backbone
 from models.config import NORMALIZE_CHOICES, PRECISION, ModelConfig
-from models.explain import Atlas, RegionExplanation, explain_image
+from models.explain import Atlas, RegionExplanation, explain_regions
 from models.features import to_device
 from models.geometry import FeatureGrid
 from models.inspection import Calibration, Inspection, Scorer
 from models.net import ScoreStats, ScoringNet
-from models.preprocess import Picture
+from models.preprocess import Picture, make_canvases, stitch
 from models.sae import TopKSAE
 
 
@@ -200,5 +200,16 @@ class Detector(Scorer):
 
     def explain(self, image: Picture | np.ndarray, max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
         """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas
-        (``models.explain.explain_image``)."""
-        return explain_image(self, image, max_regions)
+        (``models.explain.explain_regions``), from the one canvas pass that scores it."""
+        if self.atlas is None or self.calibration is None:
+            raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")
+        canvases, layout = make_canvases(image, self.config.preprocess)
+        passes = [self.canvas_pass(canvases[i : i + self.batch_size])
+                  for i in range(0, len(canvases), self.batch_size)]
+        maps = torch.cat([p.maps for p in passes]).numpy()
+        err = torch.cat([p.err for p in passes]).cpu()  # (N, h, w)
+        z = TopKSAE.densify(torch.cat([p.values for p in passes]), torch.cat([p.indices for p in passes]),
+                            self.sae.n_latents).cpu()  # (N, h, w, n)
+        result = self._inspection(stitch(maps, layout), layout)
+        return result, explain_regions(result.anomaly_map, err, z, layout, self.grid, self.atlas,
+                                       self.calibration.pixel_threshold, max_regions)

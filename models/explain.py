@@ -19,19 +19,14 @@ bytes). At inspection, for each anomalous region:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from models.decision import find_regions
 from models.geometry import FeatureGrid
-from models.preprocess import Picture, make_canvases, stitch, valid_cells
-from models.sae import TopKSAE
-
-if TYPE_CHECKING:
-    from models.detector import Detector
-    from models.inspection import Inspection
+from models.preprocess import Layout, valid_cells
 
 RARE = 1e-3  # a latent firing on fewer than 0.1% of good patches is "rare"
 GRID = 8
@@ -147,25 +142,17 @@ def atlas_png(atlas: Atlas, latent: int) -> list[bytes]:
     return out
 
 
-def explain_image(det: Detector, image: Picture | np.ndarray,
-                  max_regions: int = 3) -> tuple[Inspection, list[RegionExplanation]]:
-    """Inspect one image and explain its anomalous regions (or its peak when none) with the atlas."""
-    if det.atlas is None or det.calibration is None:
-        raise RuntimeError("this artifact has no latent atlas; refit it to get explanations")
-    grid = det.grid
-    canvases, layout = make_canvases(image, det.config.preprocess)
-    passes = [det.canvas_pass(canvases[i : i + det.batch_size])
-              for i in range(0, len(canvases), det.batch_size)]
-    maps = torch.cat([p.maps for p in passes]).numpy()
-    err = torch.cat([p.err for p in passes]).cpu()  # (N, h, w)
-    z = TopKSAE.densify(torch.cat([p.values for p in passes]), torch.cat([p.indices for p in passes]),
-                        det.sae.n_latents).cpu()  # (N, h, w, n)
-    result = det._inspection(stitch(maps, layout), layout)
-    found = find_regions(result.anomaly_map, det.calibration.pixel_threshold, (1.0, 1.0), max_regions,
-                         grid.min_region_area)
+def explain_regions(anomaly_map: np.ndarray, err: torch.Tensor, z: torch.Tensor, layout: Layout,
+                    grid: FeatureGrid, atlas: Atlas, pixel_threshold: float,
+                    max_regions: int = 3) -> list[RegionExplanation]:
+    """The anomalous regions of one image's map (or its peak when none), each explained with the atlas.
+
+    `anomaly_map`: the stitched (work_h, work_w) map; `err`: (N, h, w) patch errors and `z`: (N, h, w, n) dense
+    codes of the image's N canvases (``models.detector.Detector.explain`` computes all three in one pass)."""
+    found = find_regions(anomaly_map, pixel_threshold, (1.0, 1.0), max_regions, grid.min_region_area)
     boxes = [(r.x, r.y, r.width, r.height) for r in found]
     if not boxes:
-        py, px = np.unravel_index(int(result.anomaly_map.argmax()), result.anomaly_map.shape)
+        py, px = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
         s = grid.stride
         boxes = [(max(0, px - s // 2), max(0, py - s // 2), s, s)]
     valid = torch.from_numpy(valid_cells(layout, grid))
@@ -178,5 +165,5 @@ def explain_image(det: Detector, image: Picture | np.ndarray,
         cells = box_cells((x, y, w, h), layout.windows[ci], grid, layout.offset)
         total = float(err[ci][valid[ci]].sum())
         box = (round(x * ow / ww), round(y * oh / wh), max(1, round(w * ow / ww)), max(1, round(h * oh / wh)))
-        out.append(explain_region(z[ci], err[ci], cells, total, det.atlas, grid.cells, box))
-    return result, out
+        out.append(explain_region(z[ci], err[ci], cells, total, atlas, grid.cells, box))
+    return out
