@@ -177,7 +177,8 @@ and all gradients float32): 25 % faster steps, mean image AUROC over the two see
 choice differed from float32's in about 5 % of the chosen latents (random data); a float32 re-rank of a bfloat16
 shortlist of 2k, which gives float32's choice exactly, saved only 3 % of a step (bench/sae_step.py at the time),
 so neither was kept."""
-METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images")
+METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images",
+           "false_alarms", "n_good", "false_alarm_tail_p")
 
 
 def _metrics(detector, data: Path) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 from bench.accuracy import DATASETS, RESULTS, WORK
 from bench.feature_cache import cached_backbones
 from bench.fit_eval import machine
+from models.decision import false_alarm_tail
 
 GROUPS = {"deeppcb": r"^\d{5}"}
 """Sets whose file names say which part an image shows (the regular expression's match is the part)."""
@@ -84,26 +85,46 @@ def ks_cell(s: dict) -> str:
     return f"{s['ks']:.2f} ({1.358 * ((n + m) / (n * m)) ** 0.5:.2f})"
 
 
+def tail_cell(k: int, m: int, n_cal: int, alpha: float) -> str:
+    """P(at least k false alarms among m good images | exchangeable with the n_cal calibration images), exact
+    (``models.decision.false_alarm_tail``); bold below 0.05: the guarantee did not hold for these images."""
+    if m == 0:
+        return "-"
+    p = false_alarm_tail(k, m, n_cal, alpha)
+    return f"**{p:.2g}**" if p < 0.05 else f"{p:.2g}"
+
+
 def table(rows: dict) -> str:
     out = [f"Machine: {machine()}; command: `python -m bench.far_groups`. Each set's fitted default model "
            "(bench/work/accuracy_<set>.safetensors): the calibration split its fit used and test/good, scored by "
            "the same model. KS: two-sample Kolmogorov-Smirnov statistic between the two score distributions "
-           "(0: same), in brackets the value it exceeds by chance 5 % of the time with these counts.", "",
-           "| set | alpha | n cal | n test/good | false alarms | rate | median cal / test | p99 cal / test | KS |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "(0: same), in brackets the value it exceeds by chance 5 % of the time with these counts. P(>= k): how "
+           "likely at least this many false alarms are if the test/good images were exchangeable with the "
+           "calibration images (the guarantee's assumption; exact beta-binomial law of the conformal threshold, "
+           "`models.decision.false_alarm_tail`); bold below 0.05.", "",
+           "| set | alpha | n cal | n test/good | false alarms | rate | P(>= k) | median cal / test | p99 cal / test "
+           "| KS |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows.values():
         out.append(f"| {r['dataset']} | {r['alpha']:.3g} | {r['n_cal']} | {r['n_test_good']} | {r['false_alarms']} | "
-                   f"{_f(r['false_alarm_rate'], '.3f')} | {_f(r['cal_median'])} / {_f(r['test_median'])} | "
+                   f"{_f(r['false_alarm_rate'], '.3f')} | "
+                   f"{tail_cell(r['false_alarms'], r['n_test_good'], r['n_cal'], r['alpha'])} | "
+                   f"{_f(r['cal_median'])} / {_f(r['test_median'])} | "
                    f"{_f(r['cal_p99'])} / {_f(r['test_p99'])} | {ks_cell(r)} |")
     for r in rows.values():
         if "parts" not in r:
             continue
         out += ["", f"### {r['dataset']}, per part (file names `{GROUPS[r['dataset']]}`; threshold "
                 f"{r['threshold']:.2f})", "",
-                "| part | n cal | n test/good | false alarms | median cal / test | p99 cal / test | KS |",
-                "|---|---|---|---|---|---|---|"]
-        for g, s in r["parts"].items():
-            out.append(f"| {g} | {s['n_cal']} | {s['n_test_good']} | {s['false_alarms']} | {_f(s['cal_median'])} / "
+                f"P(>= k) of each part against the whole calibration that set the threshold; {len(r['parts'])} "
+                f"parts, so by chance one of them falls below {0.05 / len(r['parts']):.2g} 5 % of the time "
+                "(Bonferroni).", "",
+                "| part | n cal | n test/good | false alarms | P(>= k) | median cal / test | p99 cal / test | KS |",
+                "|---|---|---|---|---|---|---|---|"]
+        for g, s in r["parts"].items():  # the part's images against the whole calibration that set the threshold
+            out.append(f"| {g} | {s['n_cal']} | {s['n_test_good']} | {s['false_alarms']} | "
+                       f"{tail_cell(s['false_alarms'], s['n_test_good'], r['n_cal'], r['alpha'])} | "
+                       f"{_f(s['cal_median'])} / "
                        f"{_f(s['test_median'])} | {_f(s['cal_p99'])} / {_f(s['test_p99'])} | {ks_cell(s)} |")
     return "\n".join(out) + "\n"
 

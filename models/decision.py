@@ -62,6 +62,30 @@ def conformal_threshold(sorted_scores: np.ndarray, alpha: float) -> float:
     return float(sorted_scores[conformal_rank(n, alpha) - 1])
 
 
+def false_alarm_tail(k: int, m: int, n: int, alpha: float) -> float:
+    """P(at least k of m new good images are flagged) under the guarantee's own assumption: the m images
+    exchangeable with the n calibration images that set the threshold at ``conformal_rank(n, alpha)``.
+
+    Exact, not a binomial approximation: with the threshold at rank r, the share of good images above it is
+    Beta(n + 1 - r, r) over calibration draws (continuous scores), so the count among m new ones is
+    beta-binomial(m, n + 1 - r, r), whose mean m (n + 1 - r) / (n + 1) is at most m alpha. A small value says
+    the test images are not what the calibration images were (new parts, a shifted line): the card's alpha does
+    not hold for them. A single false alarm among a few dozen images is no such evidence."""
+    if not (0 <= k <= m and n >= 1):
+        raise ValueError(f"need 0 <= k <= m and n >= 1, got k={k}, m={m}, n={n}")
+    check_alpha(alpha, n)
+    if k == 0:
+        return 1.0
+    a, b = n + 1 - conformal_rank(n, alpha), conformal_rank(n, alpha)
+    log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+    def log_pmf(j: int) -> float:
+        log_choose = math.lgamma(m + 1) - math.lgamma(j + 1) - math.lgamma(m - j + 1)
+        return log_choose + math.lgamma(j + a) + math.lgamma(m - j + b) - math.lgamma(m + a + b) - log_beta_ab
+
+    return min(1.0, math.fsum(math.exp(log_pmf(j)) for j in range(k, m + 1)))  # the upper tail: exact when small
+
+
 def conformal_p_value(score: float, sorted_scores: np.ndarray) -> float:
     """(1 + #{calibration scores >= score}) / (n + 1); in [1/(n+1), 1]. A finite score is required."""
     if not math.isfinite(score):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from models.artifact import atomic_write_bytes
-from models.decision import decide_all
+from models.decision import decide_all, false_alarm_tail
 from models.detector import Detector
 from training.calibrate import score_files
 from training.data import mvtec_test_set
@@ -52,6 +52,16 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
         metrics["aupro_30"] = aupro(gt, pix_maps)
     good = ~labels
     metrics["false_alarm_rate"] = float(flagged[good].mean()) if good.any() else None
+    metrics["false_alarms"], metrics["n_good"] = int(flagged[good].sum()), int(good.sum())
+    # how likely this many false alarms are if test/good is what calibration was (the guarantee's assumption)
+    metrics["false_alarm_tail_p"] = false_alarm_tail(metrics["false_alarms"], metrics["n_good"],
+                                                     len(cal.scores), cal.alpha) if good.any() else None
+    if metrics["false_alarm_tail_p"] is not None and metrics["false_alarm_tail_p"] < 0.05:
+        log.warning("%d of %d good test images flagged at alpha %g: P = %.2g if they were exchangeable with the "
+                    "%d calibration images. These good images differ from the calibration images (new parts, a "
+                    "changed line?): the stated false-alarm rate does not hold for them; recalibrate on good "
+                    "images like them", metrics["false_alarms"], metrics["n_good"], cal.alpha,
+                    metrics["false_alarm_tail_p"], len(cal.scores))
     metrics["recall"] = float(flagged[labels].mean())
     if good.any() and labels.any():  # what the labels' own best threshold catches at the card's rate and at twice it
         metrics["best_recall_at_alpha"] = best_recall_at_far(labels, scores, cal.alpha)
@@ -62,7 +72,8 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     metrics["f1"] = 2 * precision * metrics["recall"] / max(precision + metrics["recall"], 1e-12)
     metrics["recall_by_defect"] = {k: float(flagged[[x == k for x in kinds]].mean())
                                    for k in sorted(set(kinds) - {"good"})}
-    details = {"paths": kept, "kinds": kinds, "scores": scores, "labels": labels, "maps": maps, "flagged": flagged}
+    details = {"paths": kept, "kinds": kinds, "scores": scores, "labels": labels, "maps": maps, "flagged": flagged,
+               "false_alarm_tail_p": metrics["false_alarm_tail_p"]}
     return metrics, details
 
 

@@ -48,7 +48,10 @@ def write_report(details: dict[str, Any], detector: Detector, path: Path) -> Non
     ax.hist(s[~y], bins, alpha=0.6, label="good")
     ax.hist(s[y], bins, alpha=0.6, label="defective")
     ax.axvline(cal.threshold, color="r", label=f"threshold (alpha={cal.alpha:g})")
-    ax.set(title="image scores", xlabel="score", ylabel="images")
+    tail = details.get("false_alarm_tail_p")
+    ax.set(title="image scores" + ("" if tail is None else f": {int(flagged[~y].sum())} of {int((~y).sum())} good "
+                                   f"flagged (P = {tail:.2g} if exchangeable with calibration)"),
+           xlabel="score", ylabel="images")
     ax.legend()
     for j, (label, i) in enumerate(picks):
         ax = fig.add_subplot(rows, cols, cols + 1 + j)

@@ -9,6 +9,7 @@ from models.decision import (
     conformal_p_value,
     conformal_rank,
     conformal_threshold,
+    false_alarm_tail,
     find_regions,
     image_score,
 )
@@ -44,6 +45,26 @@ def test_false_alarm_rate_of_conformal_threshold_is_at_most_alpha():
     rate = float((new > cal[:, rank - 1]).mean())
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
     assert rate >= alpha - 0.02  # and not wastefully conservative (exact value is 0.05 here)
+
+
+def test_false_alarm_tail_is_the_exact_law_of_false_alarms_among_new_good_images():
+    rng = np.random.default_rng(1)
+    n, m, alpha, trials = 48, 25, 1 / 49, 20_000  # tire's sizes: the threshold is the largest calibration score
+    cal = rng.normal(size=(trials, n))
+    new = rng.normal(size=(trials, m))
+    counts = (new > np.sort(cal, axis=1)[:, conformal_rank(n, alpha) - 1][:, None]).sum(1)
+    for k in (1, 2, 3, 5):
+        seen = float((counts >= k).mean())
+        tail = false_alarm_tail(k, m, n, alpha)
+        assert abs(seen - tail) <= 4 * math.sqrt(tail * (1 - tail) / trials) + 1e-4, (k, seen, tail)
+    assert false_alarm_tail(1, 25, 48, 1 / 49) == pytest.approx(1 - 48 / 73)  # P(none) = B(1, 73) / B(1, 48)
+    assert false_alarm_tail(0, 25, 48, 1 / 49) == 1.0
+    # heavier-tailed than a binomial at alpha: the threshold's own draw varies
+    assert false_alarm_tail(10, 250, 152, 0.01) > 1e-3
+    with pytest.raises(UnsupportedAlpha):
+        false_alarm_tail(1, 25, 48, 0.01)
+    with pytest.raises(ValueError):
+        false_alarm_tail(26, 25, 48, 0.5)
 
 
 def test_image_score_max_and_top_mean():

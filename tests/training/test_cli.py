@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from models.decision import conformal_threshold
+from models.decision import conformal_threshold, false_alarm_tail
 from models.detector import Detector
 from models.synthetic import write_dataset
 from training.calibrate import CalibrationConfig
@@ -51,6 +51,11 @@ def test_evaluate_writes_metrics_and_report(fitted, small_data, tmp_path, capsys
     assert 0 <= m["image_auroc"] <= 1 and m["n_images"] == 12
     # the labels' own best threshold at the card's alpha, and at twice it (never less)
     assert 0 <= m["best_recall_at_alpha"] <= m["best_recall_at_2alpha"] <= 1
+    # the false alarms on test/good, and how likely that many are under the guarantee's own assumption
+    assert m["false_alarms"] == round(m["false_alarm_rate"] * m["n_good"]) and m["n_good"] >= 1
+    cal = Detector.from_artifact(fitted, "cpu").calibration
+    assert m["false_alarm_tail_p"] == pytest.approx(
+        false_alarm_tail(m["false_alarms"], m["n_good"], len(cal.scores), cal.alpha))
     assert (out / "report.png").stat().st_size > 10_000 and (out / "scores.csv").read_text().count("\n") == 13
 
 
