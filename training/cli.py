@@ -91,7 +91,7 @@ def cmd_fit(a: argparse.Namespace) -> None:
     config = init.config if init else _model_config(a)
     cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
                                 min_count=a.min_calib, seed=a.seed, select_count=a.select_count,
-                                groups=a.calib_groups)
+                                refit_below=a.refit_below, groups=a.calib_groups)
     fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, seed=a.seed,
                         canvas="native" if a.size is None else "fixed")  # a side the engineer gives is kept
     paths = good_images(a.data)
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {c.groups})")
     f.add_argument("--select-count", type=int, default=c.select_count,
                    help=f"good images held out to choose the scoring (default {c.select_count})")
+    f.add_argument("--refit-below", type=int, default=c.refit_below,
+                   help="with fewer fit images than this, the selection images fit the SAE again with them once the "
+                        f"scoring is chosen; 0: never (default {c.refit_below})")
     f.add_argument("--pixel-quantile", type=float, default=c.pixel_quantile,
                    help=f"good-pixel quantile that sets the region threshold (default {c.pixel_quantile})")
     f.add_argument("--backbone-weights", help="local weights file for the backbone")

@@ -38,8 +38,10 @@ def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     assert n in (7, 8) and cal.alpha == pytest.approx(1 / (n + 1)) and cal.threshold == cal.scores[-1]
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), cal.alpha)
     assert det.calibration is not None and len(det.calibration.scores) == det.meta["n_calibration_images"]
-    # 25 files: calibration and scoring-selection images held out, the unreadable one skipped wherever it landed
-    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] + det.meta["n_selection_images"] == 24
+    # 25 files, the unreadable one skipped wherever it landed: calibration held out, and the scoring-selection
+    # images, once they chose, fit the SAE again with the fit split (fewer than refit_below fit images)
+    assert det.meta["refit_with_selection"] and det.meta["n_selection_images"] > 0
+    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
     assert det.meta["version"] and det.meta["dataset_fingerprint"] and det.meta["calibration_split"]["seed"] == 0
 
 
@@ -202,6 +204,18 @@ def test_fit_with_labelled_defects_reports_f1_threshold_beside_conformal(small_d
     assert {"threshold", "f1", "precision", "recall"} <= set(report)
     cal = det.calibration  # the decision rule stays the conformal threshold, not the F1-optimal one
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), 0.2)
+
+
+def test_refit_below_zero_keeps_the_selection_images_out_of_the_sae(fitted, small_data, tmp_path):
+    out = tmp_path / "norefit.safetensors"
+    assert main(["fit", str(small_data), "--out", str(out), "--refit-below", "0", *FAST]) == 0
+    det, refit = Detector.from_artifact(out, "cpu"), Detector.from_artifact(fitted, "cpu")
+    assert "refit_with_selection" not in det.meta and det.meta["n_selection_images"] > 0
+    assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] + det.meta["n_selection_images"] == 24
+    # the same split and choice; the refit's SAE saw the selection images too, the calibration images neither
+    assert det.meta["n_calibration_images"] == refit.meta["n_calibration_images"]
+    assert det.meta["scoring_selection"] == refit.meta["scoring_selection"]
+    assert refit.meta["n_fit_images"] == det.meta["n_fit_images"] + det.meta["n_selection_images"]
 
 
 def test_fit_refuses_a_context_window_it_cannot_build(small_data, tmp_path, capsys):

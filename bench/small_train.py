@@ -1,0 +1,146 @@
+"""Few good images: the default against anomalib PaDiM when a line has only ~90 of them.
+
+    python -m bench.small_train [--images 90] [set ...]
+
+Issue 20 measured the default 7.5 points behind PaDiM on one held-out set, a small fabric set of 90 training
+images, and ahead on six others. A split-conformal fit holds images out (calibration: 20 %, at least 30; the
+scoring choice: up to 48, at most a quarter of the rest), so on 90 images the SAE fits on about 45 while PaDiM
+fits on all 90. This bench asks whether that shows on the shared sets: each set's train/good cut to a seeded
+sample of `--images` files (symlinks under bench/work, as bench/anomalib_compare.py's `subset`; the data is never
+copied), then the default fit (every default, as `sae-inspect fit`) and anomalib PaDiM at 256 px on the same
+images, both evaluated on the set's whole test split with the shared metric code. One run each; finished rows are
+kept in bench/results/small_train.json and skipped on a rerun. Writes bench/results/small_train.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.accuracy import DATASETS, METRICS, RESULTS, WORK, test_auroc_by_scoring
+from bench.anomalib_compare import ensure_anomalib, run_row, subset
+from bench.fit_eval import machine
+
+OURS = "SAE Inspect (default)"
+PADIM = "anomalib PaDiM, 256 px"
+VARIANTS = {  # name -> (label, model config changes {section: {field: value}}, fit and calibration config changes)
+    "norefit": ("selection images kept out of the SAE (refit_below 0; the default before 2026-12-05)",
+                {}, {}, {"refit_below": 0}),
+    "position": ("normalize position set by the engineer (no selection split: its images fit the SAE)",
+                 {"scoring": {"normalize": "position"}}, {}, {}),
+    "expansion1": ("SAE expansion 1 (a dictionary 8 x smaller: fewer atoms to copy a few images with)",
+                   {"sae": {"expansion": 1}}, {}, {"refit_below": 0}),
+    "steps600": ("SAE 600 steps (default 2000: about 110 passes over a reservoir of 35 images at 256 px)",
+                 {}, {"steps": 600}, {"refit_below": 0}),
+    "context0": ("no learned context (context 0)", {"scoring": {"context": 0}}, {}, {"refit_below": 0}),
+}
+"""What might make a fit on few images weaker, one change at a time (`--variants`)."""
+
+
+def run_ours(data: Path, train: Path, variant: str | None = None) -> dict:
+    import dataclasses
+
+    import torch
+
+    from models.config import ModelConfig
+    from training.calibrate import CalibrationConfig
+    from training.data import good_images
+    from training.evaluate import evaluate
+    from training.fit import FitConfig
+    from training.pipeline import fit_calibrated
+
+    torch.set_num_threads(2)
+    base = ModelConfig()
+    _, model_changes, fit_changes, cal_changes = VARIANTS[variant] if variant else ("", {}, {}, {})
+    config = dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **ch)
+                                          for part, ch in model_changes.items()})
+    paths = good_images([train])
+    t0 = time.perf_counter()
+    det = fit_calibrated(paths, config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes), device="cpu",
+                         provenance={"version": "bench"})
+    fit_s = time.perf_counter() - t0
+    det.save(WORK / f"small_train_{data.name}{'_' + variant if variant else ''}.safetensors")
+    m, _ = evaluate(det, data)
+    return {"n_train_images": len(paths), "fit_seconds": fit_s, "canvas": det.config.preprocess.size,
+            "test_auroc_by_scoring": test_auroc_by_scoring(det, data),  # was the choice right?
+            "chosen": det.config.scoring.normalize, "n_fit_images": det.meta.get("n_fit_images"),
+            "n_selection_images": det.meta.get("n_selection_images"),
+            "n_calibration_images": det.meta.get("n_calibration_images"), **{k: m.get(k) for k in METRICS}}
+
+
+def table(rows: dict, images: int) -> str:
+    def f(v, fmt: str = ".3f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    out = [f"Machine: {machine()}; command: `python -m bench.small_train --images {images}`. Each set's train/good "
+           f"cut to a seeded sample of {images} images; ours: every default (canvas from the images' sizes, "
+           "scoring chosen on held-out good images, then, with fewer than 100 fit images, the SAE fitted again with "
+           "the selection images; split-conformal calibration at alpha 0.01); PaDiM: anomalib "
+           "2.7.0 at 256 px, same backbone, all the sample's images; both on the whole test split. One run each.", "",
+           "| set | method | images the SAE fitted on / chose the scoring / calibrated | canvas, scoring | image AUROC "
+           "| pixel AUROC | AUPRO@30% | recall at alpha | false alarms on test/good | fit s "
+           "| test image AUROC none / position / position_novelty |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    sets = sorted({r["dataset"] for r in rows.values()})
+    for s in sets:
+        for method in (OURS, PADIM, *(f"variant: {v[0]}" for v in VARIANTS.values())):
+            r = rows.get(f"{s}|{method}")
+            if r is None:
+                continue
+            split = (f"{r['n_fit_images']} / {r['n_selection_images']} / {r['n_calibration_images']}"
+                     if method != PADIM else f"{r.get('n_train_images', images)} / - / -")
+            how = f"{r['canvas']} px, {r['chosen']}" if method != PADIM else "256 px"
+            out.append(f"| {s} | {method} | {split} | {how} | {f(r.get('image_auroc'))} | {f(r.get('pixel_auroc'))} | "
+                       f"{f(r.get('aupro_30'))} | {f(r.get('recall'))} | {f(r.get('false_alarm_rate'))} | "
+                       f"{f(r.get('fit_seconds'), '.0f')} | "
+                       f"{' / '.join(f(v) for v in (r.get('test_auroc_by_scoring') or {}).values()) or '-'} |")
+    both = [s for s in sets if f"{s}|{OURS}" in rows and f"{s}|{PADIM}" in rows]
+    if both:
+        mean = {m: sum(rows[f"{s}|{m}"]["image_auroc"] for s in both) / len(both) for m in (OURS, PADIM)}
+        out += ["", f"Mean image AUROC over {len(both)} sets: ours {mean[OURS]:.3f}, PaDiM {mean[PADIM]:.3f}."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("datasets", nargs="*", help="set names (default: every shared set)")
+    p.add_argument("--images", type=int, default=90, help="good training images kept per set (default 90)")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=[],
+                   help="also fit these variants of ours (on the sets named, or every set)")
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    path = RESULTS / "small_train.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else {}
+    if not a.table_only:
+        names = a.datasets or sorted(d.name for d in DATASETS.iterdir() if (d / "train" / "good").is_dir())
+        py = ensure_anomalib()
+        for name in names:
+            data = DATASETS / name
+            n_all = len(list((data / "train" / "good").iterdir()))
+            train = subset(data, a.images / n_all)
+            plan = {OURS: None, PADIM: None} | {f"variant: {VARIANTS[v][0]}": v for v in a.variants}
+            for method, variant in plan.items():
+                key = f"{name}|{method}"
+                if key in rows:
+                    continue
+                print(f"[run] {key} ({a.images} of {n_all} images)", flush=True)
+                if method != PADIM:
+                    row = run_ours(data, train, variant)
+                else:
+                    with open(WORK / "small_train_anomalib.log", "a") as log:
+                        row = run_row([str(py), "-m", "bench.anomalib_worker", "--data", str(data), "--train",
+                                       str(train), "--work", str(WORK / "anomalib"), "--method", "padim"], log)
+                rows[key] = {"dataset": name, "method": method, "images": a.images, **row}
+                path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+                print(f"[done] {key}: image AUROC {rows[key].get('image_auroc')}", flush=True)
+    md = table(rows, a.images)
+    (RESULTS / "small_train.md").write_text(md)
+    print(md)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
