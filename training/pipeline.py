@@ -64,14 +64,14 @@ def fit_calibrated(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfi
                      "freely, fit with --normalize none", choice)
     profile["selection"] = time.perf_counter() - t0
     if split.select and len(split.fit) < cal_cfg.refit_below:  # few images: the selection's join the fit
-        fit_paths = sorted(split.fit + split.select)
+        # (a selection split exists only when this fit chose the scoring: never with init, never with it given)
         log.info("only %d images fit the SAE: fitting it again on them and the %d selection images (scoring %s "
                  "kept)", len(split.fit), len(split.select), det.config.scoring.normalize)
         chosen = det
-        det = fit_detector(fit_paths, chosen.config, fit_cfg, device, backbone_weights, init)
-        det = det.replace(meta={**det.meta, **{k: chosen.meta[k] for k in ("scoring_selection",) if k in chosen.meta},
+        det = fit_detector(sorted(split.fit + split.select), chosen.config, fit_cfg, device, backbone_weights)
+        det = det.replace(meta={**det.meta, "scoring_selection": chosen.meta["scoring_selection"],
                                 "refit_with_selection": True})
-        profile |= {f"refit_{k}": v for k, v in det.meta.get("fit_profile_s", {}).items()}
+        profile |= {f"refit_{k}": v for k, v in det.meta["fit_profile_s"].items()}
     t0 = time.perf_counter()
     calibration = calibrate(det.offline(), cal_paths, cal_cfg)
     profile["calibration"] = time.perf_counter() - t0
