@@ -299,13 +299,21 @@ def _choice(det) -> dict:
             "selection_pose_jitter": table.get("pose_jitter")}
 
 
-def run_variant(data: Path, name: str, rows: dict, save) -> None:
+def changed_config(changes: dict[str, dict]):
+    """The default ModelConfig with `changes` ({section: {field: value}}) applied: what a variant fits."""
     import dataclasses
 
+    from models.config import ModelConfig
+
+    base = ModelConfig()
+    return dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **ch)
+                                        for part, ch in changes.items()})
+
+
+def run_variant(data: Path, name: str, rows: dict, save) -> None:
     import torch
 
     from bench.feature_cache import cached_backbones
-    from models.config import ModelConfig
     from training.calibrate import CalibrationConfig
     from training.data import good_images
     from training.fit import FitConfig
@@ -316,9 +324,7 @@ def run_variant(data: Path, name: str, rows: dict, save) -> None:
     if key in rows:
         return
     torch.set_num_threads(2)
-    base = ModelConfig()
-    config = dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **ch)
-                                          for part, ch in model_changes.items()})
+    config = changed_config(model_changes)
     print(f"[variant] {key}", flush=True)
     with cached_backbones(WORK / "feature_cache") as counts:
         # each variant runs at the side its config gives (512 px unless it names one), never the fit's choice

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.accuracy import DATASETS, METRICS, RESULTS, WORK, test_auroc_by_scoring
+from bench.accuracy import DATASETS, METRICS, RESULTS, WORK, changed_config, test_auroc_by_scoring
 from bench.anomalib_compare import ensure_anomalib, run_row, subset
 from bench.fit_eval import machine
 
@@ -41,11 +41,8 @@ VARIANTS = {  # name -> (label, model config changes {section: {field: value}}, 
 
 
 def run_ours(data: Path, train: Path, variant: str | None = None) -> dict:
-    import dataclasses
-
     import torch
 
-    from models.config import ModelConfig
     from training.calibrate import CalibrationConfig
     from training.data import good_images
     from training.evaluate import evaluate
@@ -53,10 +50,8 @@ def run_ours(data: Path, train: Path, variant: str | None = None) -> dict:
     from training.pipeline import fit_calibrated
 
     torch.set_num_threads(2)
-    base = ModelConfig()
     _, model_changes, fit_changes, cal_changes = VARIANTS[variant] if variant else ("", {}, {}, {})
-    config = dataclasses.replace(base, **{part: dataclasses.replace(getattr(base, part), **ch)
-                                          for part, ch in model_changes.items()})
+    config = changed_config(model_changes)
     paths = good_images([train])
     t0 = time.perf_counter()
     det = fit_calibrated(paths, config, FitConfig(**fit_changes), CalibrationConfig(**cal_changes), device="cpu",

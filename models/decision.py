@@ -76,7 +76,8 @@ def false_alarm_tail(k: int, m: int, n: int, alpha: float) -> float:
     check_alpha(alpha, n)
     if k == 0:
         return 1.0
-    a, b = n + 1 - conformal_rank(n, alpha), conformal_rank(n, alpha)
+    r = conformal_rank(n, alpha)
+    a, b = n + 1 - r, r
     log_beta_ab = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
     def log_pmf(j: int) -> float:
