@@ -36,6 +36,12 @@ VARIANTS = {  # name -> (label, model config changes {section: {field: value}}, 
     "steps600": ("SAE 600 steps (default 2000: about 110 passes over a reservoir of 35 images at 256 px)",
                  {}, {"steps": 600}, {"refit_below": 0}),
     "context0": ("no learned context (context 0)", {"scoring": {"context": 0}}, {}, {"refit_below": 0}),
+    "augment2": ("two moved copies of each fit image train the SAE too (augment 2: pose jitter of 2 % each)",
+                 {}, {"augment": 2}, {}),
+    **{f"seed{s}": (f"every default, fit and split seed {s} (default 0)", {}, {"seed": s}, {"seed": s})
+       for s in (1, 2)},
+    **{f"norefit_seed{s}": (f"refit_below 0, fit and split seed {s}", {}, {"seed": s}, {"refit_below": 0, "seed": s})
+       for s in (1, 2)},
 }
 """What might make a fit on few images weaker, one change at a time (`--variants`)."""
 
@@ -66,6 +72,13 @@ def run_ours(data: Path, train: Path, variant: str | None = None) -> dict:
             "n_calibration_images": det.meta.get("n_calibration_images"), **{k: m.get(k) for k in METRICS}}
 
 
+SEEDED = ("seed1", "seed2", "norefit_seed1", "norefit_seed2")
+
+
+def mean3(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def table(rows: dict, images: int) -> str:
     def f(v, fmt: str = ".3f") -> str:
         return "-" if v is None else format(v, fmt)
@@ -92,6 +105,26 @@ def table(rows: dict, images: int) -> str:
                        f"{f(r.get('aupro_30'))} | {f(r.get('recall'))} | {f(r.get('false_alarm_rate'))} | "
                        f"{f(r.get('fit_seconds'), '.0f')} | "
                        f"{' / '.join(f(v) for v in (r.get('test_auroc_by_scoring') or {}).values()) or '-'} |")
+    def auroc(s: str, name: str | None) -> float:
+        return rows[f"{s}|{OURS if name is None else f'variant: {VARIANTS[name][0]}'}"]["image_auroc"]
+
+    seeded = [s for s in sets if all(f"{s}|variant: {VARIANTS[v][0]}" in rows for v in SEEDED)]
+    if seeded:
+        out += ["", "Over three seeds (fit and split seeds 0, 1, 2: which images fit, choose and calibrate, the SAE's "
+                "start, the patch sample and the synthetic defects), image AUROC mean (min-max):", "",
+                "| set | default (refit below 100 fit images) | selection images kept out (refit_below 0) "
+                "| refit - kept out, per seed | PaDiM 256 px |", "|---|---|---|---|---|"]
+        on_all, off_all = [], []
+        for s in seeded:
+            on = [auroc(s, v) for v in (None, "seed1", "seed2")]
+            off = [auroc(s, v) for v in ("norefit", "norefit_seed1", "norefit_seed2")]
+            on_all += on
+            off_all += off
+            diffs = " / ".join(f"{a - b:+.3f}" for a, b in zip(on, off, strict=True))
+            padim = rows.get(f"{s}|{PADIM}", {}).get("image_auroc")
+            out.append(f"| {s} | {mean3(on)} | {mean3(off)} | {diffs} | {f(padim)} |")
+        out.append(f"| mean over sets and seeds | {sum(on_all) / len(on_all):.3f} "
+                   f"| {sum(off_all) / len(off_all):.3f} | | |")
     both = [s for s in sets if f"{s}|{OURS}" in rows and f"{s}|{PADIM}" in rows]
     if both:
         mean = {m: sum(rows[f"{s}|{m}"]["image_auroc"] for s in both) / len(both) for m in (OURS, PADIM)}

@@ -31,7 +31,7 @@ from models.preprocess import Picture, as_float, make_canvases, valid_cells
 from models.sae import TopKSAE, training_losses
 from models.scoring import fit_position_stats, latent_novelty, latent_rarity
 from training.data import iter_images
-from training.defects import SYNTHETIC_KINDS, synthetic_defect
+from training.defects import POSE_JITTER, SYNTHETIC_KINDS, moved_picture, synthetic_defect
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ class FitConfig:
     0 trains a plain autoencoder (copy)."""
     repair_noise: float = 0.3
     """Std of the feature noise of repair training, in standardised feature units."""
+    augment: int = 0
+    """Moved copies of each fit image (a pose jitter of ``POSE_JITTER`` of its long side each, as the scoring
+    choice's moved good images) whose patches join the SAE's training patches: the same good surface at other
+    phases of the feature grid. They train the SAE only: the atlas and the per-position statistics take the
+    images' own patches."""
     seed: int = 0
     canvas: str = "native"
     """'native': in letterbox and resize mode the fit lowers the canvas side to the largest of 256 / 384 / 512 / 640 (at
@@ -71,6 +76,8 @@ class FitConfig:
             raise ValueError(f"canvas must be native or fixed, got {self.canvas!r}")
         if self.steps < 1 or self.batch_size < 1 or self.max_patches < 1 or self.image_batch < 1:
             raise ValueError("steps, batch_size, max_patches and image_batch must be >= 1")
+        if self.augment < 0:
+            raise ValueError(f"augment must be >= 0, got {self.augment}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.repair < 1 or self.repair_noise < 0:
@@ -115,7 +122,8 @@ class Extracted(NamedTuple):
     patches: np.ndarray
     """(N, C) raw patch features sampled from all good images."""
     tags: np.ndarray
-    """(N, 4) int32: index into `paths`, canvas, cell row, cell column of each patch."""
+    """(N, 4) int32: index into `paths`, canvas, cell row, cell column of each patch; canvas -1: a moved copy's
+    patch (`FitConfig.augment`)."""
     paths: list[Path]
     """Images that decoded, in tag order."""
     pairs: np.ndarray | None
@@ -131,6 +139,7 @@ def extract_reservoir(backbone: nn.Module, config: ModelConfig, paths: Sequence[
     reservoir: Reservoir | None = None
     pair_reservoir: Reservoir | None = None
     rng = np.random.default_rng(fit_cfg.seed)
+    move_rng = np.random.default_rng(fit_cfg.seed + 2)
     used: list[Path] = []
     pending, pending_valid, pending_img, pending_bad = [], [], [], []
 
@@ -173,6 +182,11 @@ def extract_reservoir(backbone: nn.Module, config: ModelConfig, paths: Sequence[
         pending.append(canvases)
         pending_valid.append(valid)
         pending_img.append(np.stack([np.full(len(canvases), len(used)), np.arange(len(canvases))], 1))
+        for _ in range(fit_cfg.augment):
+            moved, moved_layout = make_canvases(moved_picture(move_rng, img, POSE_JITTER), pre)
+            pending.append(moved)
+            pending_valid.append(valid_cells(moved_layout, grid))
+            pending_img.append(np.stack([np.full(len(moved), len(used)), np.full(len(moved), -1)], 1))
         used.append(path)
         if sum(len(c) for c in pending) >= fit_cfg.image_batch:
             flush()
@@ -308,16 +322,18 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     t_sae = time.perf_counter() - t1
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()) + f" ({t_sae:.1f}s)")
     t1 = time.perf_counter()
-    codes = reservoir_codes(sae, x, config.scoring.error)  # one SAE pass: the atlas and the statistics
+    own = extracted.tags[:, 1] >= 0  # the images' own patches, not moved copies'
+    tags, x_own = (extracted.tags, x) if own.all() else (extracted.tags[own], x[torch.from_numpy(own)])
+    codes = reservoir_codes(sae, x_own, config.scoring.error)  # one SAE pass: the atlas and the statistics
     atlas = None
     if fit_cfg.atlas_crops:
         from training.atlas import build_atlas
 
-        atlas = build_atlas(codes.values, codes.indices, sae.n_latents, extracted.tags, extracted.paths, config,
+        atlas = build_atlas(codes.values, codes.indices, sae.n_latents, tags, extracted.paths, config,
                             fit_cfg.atlas_crops, fit_cfg.atlas_crop_px)
         progress(f"atlas: {int((atlas.freq > 0).sum())} of {sae.n_latents} latents fire on good patches")
-    score_stats = fit_score_stats(codes, extracted.tags, FeatureGrid.of(config).cells, sae.n_latents)
-    meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw),
+    score_stats = fit_score_stats(codes, tags, FeatureGrid.of(config).cells, sae.n_latents)
+    meta = {"fit_stats": stats, "n_fit_images": used, "n_patches": len(raw), "n_moved_patches": int((~own).sum()),
             "n_repair_pairs": 0 if pairs is None else len(pairs),
             "fit_profile_s": {"features": t_feat, "sae": t_sae, "atlas_and_stats": time.perf_counter() - t1},
             "fit_backbone_runtime": run.runtime, "feature_seconds": t_feat,

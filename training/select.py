@@ -27,7 +27,7 @@ from models.config import NORMALIZE_CHOICES
 from models.detector import Detector
 from models.imageio import ImageDecodeError
 from models.preprocess import Picture, as_float
-from training.defects import SYNTHETIC_KINDS, pose_jitter, synthetic_defect
+from training.defects import POSE_JITTER, SYNTHETIC_KINDS, moved_picture, synthetic_defect
 from training.metrics import auroc
 
 log = logging.getLogger(__name__)
@@ -37,22 +37,6 @@ def paired_auroc(good: np.ndarray, bad: np.ndarray) -> float:
     """AUROC of defect copies against good images; good: (n,) or (n, g) the g good versions of each image,
     bad: (n, m) its m defect copies."""
     return auroc(np.r_[np.zeros(good.size), np.ones(bad.size)], np.r_[good.ravel(), bad.ravel()])
-
-
-POSE_JITTER = 0.02
-"""Share of the long side a good selection image is moved by (1 % until 2026-12-04). At 1 % the move is less than
-one feature cell (8 px) of a 512 or 640 px canvas, the unit per-position statistics are kept in, and on tire (free
-pose) at 640 px `position` won the choice and scored 0.70 test AUROC where the raw error scores 0.87. Over 15 fits
-(each shared set's three default seeds, the 640 px fits of bsdata_pitting, deeppcb and tire), a score within 0.005 of
-the best on the test split is chosen by 14 at 2 % against 12 at 1 % (mean test AUROC of the choices 0.928 against
-0.917; 3 %: 13, 0.928); bench/results/selection_jitter.md."""
-
-
-def moved_picture(rng: np.random.Generator, picture: Picture, jitter: float) -> Picture:
-    """`picture` under a pose jitter (``training.defects.pose_jitter``), its stored size scaled alike."""
-    px = pose_jitter(rng, picture.pixels, jitter)
-    (h, w), (oh, ow) = picture.pixels.shape[:2], picture.original_hw
-    return Picture(px, (round(oh * px.shape[0] / h), round(ow * px.shape[1] / w)))
 
 
 def select_normalization(detector: Detector, paths: Sequence[Path], seed: int = 0, copies: int = 3,

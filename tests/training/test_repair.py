@@ -68,3 +68,29 @@ def test_corrupt_batch_keeps_targets_clean_and_corrupts_the_stated_share():
     assert same[0] is x and same[1] is x
     with pytest.raises(ValueError, match="repair"):
         FitConfig(repair=1.0)
+
+
+def test_moved_copies_train_the_sae_but_not_the_atlas_or_the_position_statistics(parts, monkeypatch):
+    import training.atlas
+    import training.fit
+
+    fit = parts[0][:6]
+    seen = {}
+    for module, name in ((training.atlas, "build_atlas"), (training.fit, "fit_score_stats")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name):
+            seen[_name] = next(a for a in args if isinstance(a, np.ndarray))  # the patches' tags
+            return _real(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    room = dataclasses.replace(FAST_FIT, max_patches=100_000)  # every patch of the six images and their copies
+    plain = fit_detector(fit, ModelConfig(), room, "cpu")
+    det = fit_detector(fit, ModelConfig(), dataclasses.replace(room, augment=1), "cpu")  # spied on last
+    own = det.meta["n_patches"] - det.meta["n_moved_patches"]
+    assert det.meta["n_moved_patches"] > 0.5 * own and own == plain.meta["n_patches"]  # the SAE saw both
+    for tags in seen.values():  # the atlas and the statistics saw the images' own patches only
+        assert len(tags) == plain.meta["n_patches"] and (tags[:, 1] >= 0).all()
+    assert not torch.equal(det.sae.W_dec, plain.sae.W_dec)
+    with pytest.raises(ValueError, match="augment"):
+        FitConfig(augment=-1)
