@@ -106,10 +106,14 @@ def table(rows: dict, images: int) -> str:
                        f"{f(r.get('aupro_30'))} | {f(r.get('recall'))} | {f(r.get('false_alarm_rate'))} | "
                        f"{f(r.get('fit_seconds'), '.0f')} | "
                        f"{' / '.join(f(v) for v in (r.get('test_auroc_by_scoring') or {}).values()) or '-'} |")
-    def auroc(s: str, name: str | None) -> float:
-        return rows[f"{s}|{OURS if name is None else f'variant: {VARIANTS[name][0]}'}"]["image_auroc"]
 
-    seeded = [s for s in sets if all(f"{s}|variant: {VARIANTS[v][0]}" in rows for v in SEEDED)]
+    def key(s: str, name: str | None) -> str:
+        return f"{s}|{OURS if name is None else f'variant: {VARIANTS[name][0]}'}"
+
+    def auroc(s: str, name: str | None) -> float:
+        return rows[key(s, name)]["image_auroc"]
+
+    seeded = [s for s in sets if all(key(s, v) in rows for v in SEEDED)]
     if seeded:
         out += ["", "Over three seeds (fit and split seeds 0, 1, 2: which images fit, choose and calibrate, the SAE's "
                 "start, the patch sample and the synthetic defects), image AUROC mean (min-max):", "",

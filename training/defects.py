@@ -93,13 +93,12 @@ def pose_jitter(rng: np.random.Generator, img: np.ndarray, frac: float) -> np.nd
 
 
 POSE_JITTER = 0.02
-"""Share of the long side a good image is moved by (the scoring choice's moved good images; the fit's `augment`
-copies) (1 % until 2026-12-04). At 1 % the move is less than
-one feature cell (8 px) of a 512 or 640 px canvas, the unit per-position statistics are kept in, and on tire (free
-pose) at 640 px `position` won the choice and scored 0.70 test AUROC where the raw error scores 0.87. Over 15 fits
-(each shared set's three default seeds, the 640 px fits of bsdata_pitting, deeppcb and tire), a score within 0.005 of
-the best on the test split is chosen by 14 at 2 % against 12 at 1 % (mean test AUROC of the choices 0.928 against
-0.917; 3 %: 13, 0.928); bench/results/selection_jitter.md."""
+"""Share of the long side a good image is moved by: the scoring choice's moved good images and the fit's `augment`
+copies (1 % until 2026-12-04). At 1 % the move is less than one feature cell (8 px) of a 512 or 640 px canvas, the
+unit per-position statistics are kept in, and on tire (free pose) at 640 px `position` won the choice and scored 0.70
+test AUROC where the raw error scores 0.87. Over 15 fits (each shared set's three default seeds, the 640 px fits of
+bsdata_pitting, deeppcb and tire), a score within 0.005 of the best on the test split is chosen by 14 at 2 % against
+12 at 1 % (mean test AUROC of the choices 0.928 against 0.917; 3 %: 13, 0.928); bench/results/selection_jitter.md."""
 
 
 def moved_picture(rng: np.random.Generator, picture: Picture, jitter: float) -> Picture:

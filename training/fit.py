@@ -322,7 +322,7 @@ def fit_detector(paths: Sequence[Path], config: ModelConfig, fit_cfg: FitConfig,
     t_sae = time.perf_counter() - t1
     progress("sae: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()) + f" ({t_sae:.1f}s)")
     t1 = time.perf_counter()
-    own = extracted.tags[:, 1] >= 0  # the images' own patches, not moved copies'
+    own = extracted.tags[:, 1] >= 0  # the images' own patches, not their moved copies
     tags, x_own = (extracted.tags, x) if own.all() else (extracted.tags[own], x[torch.from_numpy(own)])
     codes = reservoir_codes(sae, x_own, config.scoring.error)  # one SAE pass: the atlas and the statistics
     atlas = None
