@@ -26,21 +26,25 @@ from bench.fit_eval import machine
 
 OURS = "SAE Inspect (default)"
 PADIM = "anomalib PaDiM, 256 px"
+OFF = {"augment": 0}  # the rows before moved copies were the default (2026-12-05 evening) keep them off
 VARIANTS = {  # name -> (label, model config changes {section: {field: value}}, fit and calibration config changes)
-    "norefit": ("selection images kept out of the SAE (refit_below 0; the default before 2026-12-05)",
-                {}, {}, {"refit_below": 0}),
-    "position": ("normalize position set by the engineer (no selection split: its images fit the SAE)",
-                 {"scoring": {"normalize": "position"}}, {}, {}),
-    "expansion1": ("SAE expansion 1 (a dictionary 8 x smaller: fewer atoms to copy a few images with)",
-                   {"sae": {"expansion": 1}}, {}, {"refit_below": 0}),
-    "steps600": ("SAE 600 steps (default 2000: about 110 passes over a reservoir of 35 images at 256 px)",
-                 {}, {"steps": 600}, {"refit_below": 0}),
-    "context0": ("no learned context (context 0)", {"scoring": {"context": 0}}, {}, {"refit_below": 0}),
-    "augment2": ("two moved copies of each fit image train the SAE too (augment 2: pose jitter of 2 % each)",
-                 {}, {"augment": 2}, {}),
+    "augment0": ("no moved copies (augment 0; the default before 2026-12-05 evening)", {}, OFF, {}),
+    "norefit": ("selection images kept out of the SAE, no moved copies (refit_below 0, augment 0; the default "
+                "before 2026-12-05)", {}, OFF, {"refit_below": 0}),
+    "position": ("normalize position set by the engineer (no selection split: its images fit the SAE), augment 0",
+                 {"scoring": {"normalize": "position"}}, OFF, {}),
+    "expansion1": ("SAE expansion 1 (a dictionary 8 x smaller: fewer atoms to copy a few images with), refit_below "
+                   "0, augment 0", {"sae": {"expansion": 1}}, OFF, {"refit_below": 0}),
+    "steps600": ("SAE 600 steps (default 2000: about 110 passes over a reservoir of 35 images at 256 px), "
+                 "refit_below 0, augment 0", {}, {"steps": 600, **OFF}, {"refit_below": 0}),
+    "context0": ("no learned context (context 0), refit_below 0, augment 0", {"scoring": {"context": 0}}, OFF,
+                 {"refit_below": 0}),
     **{f"seed{s}": (f"every default, fit and split seed {s} (default 0)", {}, {"seed": s}, {"seed": s})
        for s in (1, 2)},
-    **{f"norefit_seed{s}": (f"refit_below 0, fit and split seed {s}", {}, {"seed": s}, {"refit_below": 0, "seed": s})
+    **{f"augment0_seed{s}": (f"augment 0, fit and split seed {s}", {}, {"seed": s, **OFF}, {"seed": s})
+       for s in (1, 2)},
+    **{f"norefit_seed{s}": (f"refit_below 0, augment 0, fit and split seed {s}", {}, {"seed": s, **OFF},
+                            {"refit_below": 0, "seed": s})
        for s in (1, 2)},
 }
 """What might make a fit on few images weaker, one change at a time (`--variants`)."""
@@ -73,7 +77,11 @@ def run_ours(data: Path, train: Path, variant: str | None = None) -> dict:
             "n_calibration_images": det.meta.get("n_calibration_images"), **{k: m.get(k) for k in METRICS}}
 
 
-SEEDED = ("seed1", "seed2", "norefit_seed1", "norefit_seed2")
+SEEDED = {  # three-seed columns: variant per seed 0, 1, 2 (None: the default)
+    "default (moved copies, refit below 100 fit images)": (None, "seed1", "seed2"),
+    "no moved copies (augment 0)": ("augment0", "augment0_seed1", "augment0_seed2"),
+    "neither (augment 0, refit_below 0)": ("norefit", "norefit_seed1", "norefit_seed2"),
+}
 
 
 def mean3(values: list[float]) -> str:
@@ -87,7 +95,8 @@ def table(rows: dict, images: int) -> str:
     out = [f"Machine: {machine()}; command: `python -m bench.small_train --images {images}`. Each set's train/good "
            f"cut to a seeded sample of {images} images; ours: every default (canvas from the images' sizes, "
            "scoring chosen on held-out good images, then, with fewer than 100 fit images, the SAE fitted again with "
-           "the selection images; split-conformal calibration at alpha 0.01); PaDiM: anomalib "
+           "the selection images, and two moved copies of each fit image train the SAE too; split-conformal "
+           "calibration at alpha 0.01); PaDiM: anomalib "
            "2.7.0 at 256 px, same backbone, all the sample's images; both on the whole test split. One run each.", "",
            "| set | method | images the SAE fitted on / chose the scoring / calibrated | canvas, scoring | image AUROC "
            "| pixel AUROC | AUPRO@30% | recall at alpha | false alarms on test/good | fit s "
@@ -113,23 +122,23 @@ def table(rows: dict, images: int) -> str:
     def auroc(s: str, name: str | None) -> float:
         return rows[key(s, name)]["image_auroc"]
 
-    seeded = [s for s in sets if all(key(s, v) in rows for v in SEEDED)]
+    seeded = [s for s in sets if all(key(s, v) in rows for names in SEEDED.values() for v in names)]
     if seeded:
         out += ["", "Over three seeds (fit and split seeds 0, 1, 2: which images fit, choose and calibrate, the SAE's "
-                "start, the patch sample and the synthetic defects), image AUROC mean (min-max):", "",
-                "| set | default (refit below 100 fit images) | selection images kept out (refit_below 0) "
-                "| refit - kept out, per seed | PaDiM 256 px |", "|---|---|---|---|---|"]
-        on_all, off_all = [], []
+                "start, the patch sample, the moved copies and the synthetic defects), image AUROC mean (min-max):",
+                "", f"| set | {' | '.join(SEEDED)} | default - no moved copies, per seed | PaDiM 256 px |",
+                "|---|" + "---|" * (len(SEEDED) + 2)]
+        every = {column: [] for column in SEEDED}
         for s in seeded:
-            on = [auroc(s, v) for v in (None, "seed1", "seed2")]
-            off = [auroc(s, v) for v in ("norefit", "norefit_seed1", "norefit_seed2")]
-            on_all += on
-            off_all += off
-            diffs = " / ".join(f"{a - b:+.3f}" for a, b in zip(on, off, strict=True))
+            runs = {column: [auroc(s, v) for v in names] for column, names in SEEDED.items()}
+            for column, values in runs.items():
+                every[column] += values
+            first, second = list(runs.values())[:2]
+            diffs = " / ".join(f"{a - b:+.3f}" for a, b in zip(first, second, strict=True))
             padim = rows.get(f"{s}|{PADIM}", {}).get("image_auroc")
-            out.append(f"| {s} | {mean3(on)} | {mean3(off)} | {diffs} | {f(padim)} |")
-        out.append(f"| mean over sets and seeds | {sum(on_all) / len(on_all):.3f} "
-                   f"| {sum(off_all) / len(off_all):.3f} | | |")
+            out.append(f"| {s} | {' | '.join(mean3(v) for v in runs.values())} | {diffs} | {f(padim)} |")
+        out.append(f"| mean over sets and seeds | {' | '.join(f'{sum(v) / len(v):.3f}' for v in every.values())} "
+                   "| | |")
     both = [s for s in sets if f"{s}|{OURS}" in rows and f"{s}|{PADIM}" in rows]
     if both:
         mean = {m: sum(rows[f"{s}|{m}"]["image_auroc"] for s in both) / len(both) for m in (OURS, PADIM)}
@@ -149,7 +158,7 @@ def main() -> None:
     rows = json.loads(path.read_text())["rows"] if path.exists() else {}
     if not a.table_only:
         names = a.datasets or sorted(d.name for d in DATASETS.iterdir() if (d / "train" / "good").is_dir())
-        py = ensure_anomalib()
+        py = None  # the peer's virtualenv is built only if a PaDiM row is missing
         for name in names:
             data = DATASETS / name
             n_all = len(list((data / "train" / "good").iterdir()))
@@ -163,6 +172,7 @@ def main() -> None:
                 if method != PADIM:
                     row = run_ours(data, train, variant)
                 else:
+                    py = py or ensure_anomalib()
                     with open(WORK / "small_train_anomalib.log", "a") as log:
                         row = run_row([str(py), "-m", "bench.anomalib_worker", "--data", str(data), "--train",
                                        str(train), "--work", str(WORK / "anomalib"), "--method", "padim"], log)

@@ -75,8 +75,8 @@ def cmd_fit(a: argparse.Namespace) -> None:
         given = _given_model_flags(a)
         if given:
             flag = "--" + next(iter(given)).replace("_", "-")
-            raise ValueError(f"{flag} cannot be used with --init: a retrained model keeps the shape of "
-                             f"{a.init}; only --steps, --max-patches, --repair, --seed and calibration flags apply")
+            raise ValueError(f"{flag} cannot be used with --init: a retrained model keeps the shape of {a.init}; "
+                             "only --steps, --max-patches, --repair, --augment, --seed and calibration flags apply")
         if Path(a.init).resolve() == out.resolve():
             raise ValueError(f"{out}: --out must differ from --init so the previous artifact stays untouched")
     try:
@@ -92,8 +92,8 @@ def cmd_fit(a: argparse.Namespace) -> None:
     cal_cfg = CalibrationConfig(alpha=a.alpha, pixel_quantile=a.pixel_quantile, fraction=a.calib_fraction,
                                 min_count=a.min_calib, seed=a.seed, select_count=a.select_count,
                                 refit_below=a.refit_below, groups=a.calib_groups)
-    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, seed=a.seed,
-                        canvas="native" if a.size is None else "fixed")  # a side the engineer gives is kept
+    fit_cfg = FitConfig(steps=a.steps, max_patches=a.max_patches, repair=a.repair, augment=a.augment,
+                        seed=a.seed, canvas="native" if a.size is None else "fixed")  # a side given is kept
     paths = good_images(a.data)
     defects = None
     if a.defects:
@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--repair", type=float, default=FitConfig.repair,
                    help="share of each SAE batch trained to repair corrupted features (synthetic defects and "
                         f"feature noise in, the clean feature out); 0 = plain copy; default {FitConfig.repair}")
+    f.add_argument("--augment", type=int, default=FitConfig.augment,
+                   help=f"on a fit of fewer than {FitConfig.augment_below} images, moved copies of each image (pose "
+                        f"jitter) that train the SAE too; 0 = none; default {FitConfig.augment}")
     f.add_argument("--seed", type=int, default=FitConfig.seed)
     f.add_argument("--device", default="auto")
     f.set_defaults(func=cmd_fit)

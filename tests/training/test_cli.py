@@ -10,6 +10,7 @@ from models.detector import Detector
 from models.synthetic import write_dataset
 from training.calibrate import CalibrationConfig
 from training.cli import main
+from training.fit import FitConfig
 
 FAST = ["--steps", "60", "--max-patches", "20000", "--min-calib", "8", "--device", "cpu", "--no-export"]
 
@@ -42,6 +43,8 @@ def test_fit_writes_a_calibrated_versioned_artifact(fitted, caplog):
     # images, once they chose, fit the SAE again with the fit split (fewer than refit_below fit images)
     assert det.meta["refit_with_selection"] and det.meta["n_selection_images"] > 0
     assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] == 24
+    # that refit, on fewer than augment_below images, trained its SAE on moved copies of them too
+    assert det.meta["fit_config"]["augment"] == FitConfig.augment > 0 and det.meta["n_moved_patches"] > 0
     assert det.meta["version"] and det.meta["dataset_fingerprint"] and det.meta["calibration_split"]["seed"] == 0
 
 
@@ -211,6 +214,7 @@ def test_refit_below_zero_keeps_the_selection_images_out_of_the_sae(fitted, smal
     assert main(["fit", str(small_data), "--out", str(out), "--refit-below", "0", *FAST]) == 0
     det, refit = Detector.from_artifact(out, "cpu"), Detector.from_artifact(fitted, "cpu")
     assert "refit_with_selection" not in det.meta and det.meta["n_selection_images"] > 0
+    assert det.meta["n_moved_patches"] == 0  # the SAE that chose the scoring takes no moved copies
     assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] + det.meta["n_selection_images"] == 24
     # the same split and choice; the refit's SAE saw the selection images too, the calibration images neither
     assert det.meta["n_calibration_images"] == refit.meta["n_calibration_images"]

@@ -70,7 +70,7 @@ def test_corrupt_batch_keeps_targets_clean_and_corrupts_the_stated_share():
         FitConfig(repair=1.0)
 
 
-def test_moved_copies_train_the_sae_but_not_the_atlas_or_the_position_statistics(parts, monkeypatch):
+def test_moved_copies_train_the_sae_not_the_atlas_or_the_position_statistics_and_only_on_few_images(parts, monkeypatch):
     import training.atlas
     import training.fit
 
@@ -85,12 +85,17 @@ def test_moved_copies_train_the_sae_but_not_the_atlas_or_the_position_statistics
 
         monkeypatch.setattr(module, name, spy)
     room = dataclasses.replace(FAST_FIT, max_patches=100_000)  # every patch of the six images and their copies
-    plain = fit_detector(fit, ModelConfig(), room, "cpu")
+    plain = fit_detector(fit, ModelConfig(), dataclasses.replace(room, augment=0), "cpu")
+    many = fit_detector(fit, ModelConfig(), dataclasses.replace(room, augment_below=len(fit)), "cpu")
     det = fit_detector(fit, ModelConfig(), dataclasses.replace(room, augment=1), "cpu")  # spied on last
+    assert many.meta["n_moved_patches"] == 0 and many.meta["n_patches"] == plain.meta["n_patches"]  # enough images
     own = det.meta["n_patches"] - det.meta["n_moved_patches"]
     assert det.meta["n_moved_patches"] > 0.5 * own and own == plain.meta["n_patches"]  # the SAE saw both
     for tags in seen.values():  # the atlas and the statistics saw the images' own patches only
         assert len(tags) == plain.meta["n_patches"] and (tags[:, 1] >= 0).all()
     assert not torch.equal(det.sae.W_dec, plain.sae.W_dec)
-    with pytest.raises(ValueError, match="augment"):
-        FitConfig(augment=-1)
+    for bad in ({"augment": -1}, {"augment_below": -1}):
+        with pytest.raises(ValueError, match="augment"):
+            FitConfig(**bad)
+    c = FitConfig()
+    assert c.augment > 0 and [c.copies(n) for n in (1, c.augment_below - 1, c.augment_below)] == [c.augment] * 2 + [0]
