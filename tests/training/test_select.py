@@ -1,6 +1,8 @@
 """The scoring choice from good images: raw error on generated parts in free pose (where in-sample statistics
 mislead), a position-aware score on generated fixed-pose parts whose texture depends on position."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,8 @@ def _fitted(root, part, select_count=30):
     data = write_dataset(root, n_train=110, n_test_good=0, n_test_bad=0, seed=7, part=part)
     split = split_images(list_images(data / "train" / "good"), CalibrationConfig(select_count=select_count,
                                                                                   min_count=12, fraction=0.1))
-    return split, fit_detector(split.fit, ModelConfig(), FAST_FIT, "cpu")
+    # as the pipeline's fit that chooses the scoring: no moved copies (training/pipeline.py)
+    return split, fit_detector(split.fit, ModelConfig(), dataclasses.replace(FAST_FIT, augment=0), "cpu")
 
 
 @pytest.fixture(scope="module")
