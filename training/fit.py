@@ -63,11 +63,12 @@ class FitConfig:
     """Moved copies of each fit image (a pose jitter of ``POSE_JITTER`` of its long side each, as the scoring
     choice's moved good images) whose patches join the SAE's training patches on a fit of fewer than
     `augment_below` images: the same good surface at other phases of the feature grid. They train the SAE only:
-    the atlas and the per-position statistics take the images' own patches; never the SAE that chooses the
-    scoring (training/pipeline.py: it takes none; the refit after the choice takes them). 0: none."""
+    the atlas and the per-position statistics take the images' own patches. The SAE that chooses the scoring
+    takes none (training/pipeline.py); the refit after the choice does. 0: none."""
     augment_below: int = 100
     """Fits on at least this many images take no moved copies (0: never any). On 90-image cuts of the shared sets,
-    over three seeds, two copies raised image AUROC on every set (bench/results/small_train.md); above about 100
+    over three seeds, two copies raised mean image AUROC on every set and false alarms on magnetic_tile
+    (bench/results/small_train.md); above about 100
     images the patch reservoir is already full of the images' own patches, and copies would only dilute it and
     triple the feature pass."""
     seed: int = 0
