@@ -10,6 +10,13 @@ set's file names name the physical part (GROUPS: deeppcb's first five digits are
 A test/good part whose scores sit above its calibration images' is a new-part shift that no threshold set on
 the training parts can cover at alpha. Backbone features come from the disk cache (bench/feature_cache.py).
 Writes bench/results/far_groups.{json,md}.
+
+    python -m bench.far_groups --small-train VARIANT [...] [set ...]
+
+The same for bench.small_train's models on the sets cut to 90 good images (bench/work/small_train_<set>[_VARIANT]
+.safetensors; `default` names the default's row, other names are bench.small_train's variants, each with its split
+seed), plus where the calibration's top score sits: on so few calibration images the threshold is their largest
+score, one image. Writes bench/results/far_groups_small.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,16 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 
 from bench.accuracy import DATASETS, RESULTS, WORK
 from bench.feature_cache import cached_backbones
 from bench.fit_eval import machine
-from models.decision import false_alarm_tail
+from models.decision import false_alarm_bound, false_alarm_tail
 
-GROUPS = {"deeppcb": r"^\d{5}"}
-"""Sets whose file names say which part an image shows (the regular expression's match is the part)."""
+GROUPS = {"deeppcb": r"^\d{5}", "magnetic_tile": r"^exp\d"}
+"""Sets whose file names say which part (deeppcb: the board) or acquisition run (magnetic_tile: exp1-exp6) an image
+shows (the regular expression's match is the group)."""
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,10 +53,16 @@ def summary(cal: np.ndarray, test: np.ndarray, threshold: float) -> dict:
             "test_median": float(np.median(test)) if len(test) else None,
             "cal_p99": float(np.quantile(cal, 0.99)) if len(cal) else None,
             "test_p99": float(np.quantile(test, 0.99)) if len(test) else None,
-            "ks": ks_statistic(cal, test) if len(cal) and len(test) else None}
+            "ks": ks_statistic(cal, test) if len(cal) and len(test) else None,
+            # where test/good sits against the calibration's bulk (0.5 when exchangeable) and how far the top
+            # calibration score, the threshold on few images, stands above that bulk
+            "test_above_cal_median": float((test > np.median(cal)).mean()) if len(cal) and len(test) else None,
+            "cal_max_over_median": float(cal.max() / np.median(cal)) if len(cal) else None}
 
 
-def measure(name: str) -> dict:
+def measure(name: str, model: Path | None = None, train: Path | None = None, seed: int = 0) -> dict:
+    """The set's fitted model (default: bench.accuracy's) against its calibration split (the split of the good
+    images in `train` at `seed`, as its fit made it) and the set's test/good."""
     import torch
 
     from models.detector import Detector
@@ -56,8 +71,8 @@ def measure(name: str) -> dict:
 
     torch.set_num_threads(2)
     data = DATASETS / name
-    det = Detector.from_artifact(WORK / f"accuracy_{name}.safetensors", device="cpu")
-    split = split_images(good_images([data]), CalibrationConfig())
+    det = Detector.from_artifact(model or WORK / f"accuracy_{name}.safetensors", device="cpu")
+    split = split_images(good_images([train or data]), CalibrationConfig(seed=seed))
     test_paths = sorted((data / "test" / "good").iterdir())
     with cached_backbones(WORK / "feature_cache"):
         cal_paths, cal, _ = score_files(det, split.calibrate, desc=f"{name} calibration")
@@ -129,20 +144,57 @@ def table(rows: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def small_table(rows: dict) -> str:
+    """bench.small_train's models: one row per model, its calibration's groups beside its false alarms."""
+    out = [f"Machine: {machine()}; command: `python -m bench.far_groups --small-train VARIANT ...`. "
+           "bench.small_train's models (90 good images per set; bench/work/small_train_<set>[_variant]"
+           ".safetensors), each against the calibration split its fit used and the set's test/good. "
+           "test > cal median: share of test/good above the calibration's median (0.5 when exchangeable). "
+           "cal max / median: the top calibration score, which is the threshold on so few images, over their "
+           "median. Per group: false alarms on test/good / calibration images of that group; bound: the card's "
+           "90 % bound on the count (`false_alarm_rate_90`).", "",
+           "| set | model | seed | n cal | false alarms (bound) | P(>= k) | test > cal median | cal max / median "
+           "| per group: false alarms / n cal |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        bound = false_alarm_bound(r["n_cal"], r["alpha"]) * r["n_test_good"]
+        groups = ", ".join(f"{g} {x['false_alarms']} / {x['n_cal']}" for g, x in r.get("parts", {}).items()) or "-"
+        out.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['n_cal']} | {r['false_alarms']} "
+                   f"({bound:.0f}) | {tail_cell(r['false_alarms'], r['n_test_good'], r['n_cal'], r['alpha'])} | "
+                   f"{_f(r['test_above_cal_median'])} | {_f(r['cal_max_over_median'])} | {groups} |")
+    return "\n".join(out) + "\n"
+
+
+def measure_small(name: str, variant: str) -> dict:
+    """A bench.small_train model (`default` or one of its variants) on its own calibration split."""
+    from bench.small_train import VARIANTS
+
+    seed = 0 if variant == "default" else VARIANTS[variant][3].get("seed", 0)
+    train = next(WORK.glob(f"{name}_train_*"))  # bench.small_train's cut of train/good (symlinks)
+    model = WORK / f"small_train_{name}{'' if variant == 'default' else '_' + variant}.safetensors"
+    return {**measure(name, model, train, seed), "variant": variant, "seed": seed}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("datasets", nargs="*", help="set names (default: every fitted set in bench/work)")
-    p.add_argument("--table-only", action="store_true", help="rewrite far_groups.md from far_groups.json")
+    p.add_argument("--small-train", nargs="+", metavar="VARIANT", default=[],
+                   help="bench.small_train's models instead: `default` and/or its variant names")
+    p.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json")
     a = p.parse_args()
+    stem, render = ("far_groups_small", small_table) if a.small_train else ("far_groups", table)
     if a.table_only:
-        rows = json.loads((RESULTS / "far_groups.json").read_text())["rows"]
+        rows = json.loads((RESULTS / f"{stem}.json").read_text())["rows"]
+    elif a.small_train:
+        names = a.datasets or sorted(GROUPS)
+        rows = {f"{n}|{v}": measure_small(n, v) for n in names for v in a.small_train}
     else:
         names = a.datasets or sorted(d.name for d in DATASETS.iterdir()
                                      if (WORK / f"accuracy_{d.name}.safetensors").exists())
         rows = {n: measure(n) for n in names}
-        (RESULTS / "far_groups.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-    md = table(rows)
-    (RESULTS / "far_groups.md").write_text(md)
+    if not a.table_only:
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    md = render(rows)
+    (RESULTS / f"{stem}.md").write_text(md)
     print(md)
 
 

@@ -87,6 +87,34 @@ def false_alarm_tail(k: int, m: int, n: int, alpha: float) -> float:
     return min(1.0, math.fsum(math.exp(log_pmf(j)) for j in range(k, m + 1)))  # the upper tail: exact when small
 
 
+def false_alarm_bound(n: int, alpha: float, confidence: float = 0.9) -> float:
+    """The false-alarm rate a model calibrated on n good images stays at or below with probability
+    `confidence` over the draw of those images (exchangeable with the good images it then inspects).
+
+    Alpha is the average over calibration draws; one fitted model's own rate varies around it, and on few
+    images widely: with the threshold at rank r its rate is Beta(n + 1 - r, r) (as in ``false_alarm_tail``),
+    so 35 images at their smallest alpha, 1/36 = 0.028, leave one model in ten above 0.064. This is that
+    Beta law's `confidence` quantile, found by bisection on its CDF, which for whole-number parameters is a
+    binomial tail: P(Beta(a, b) <= x) = P(Binomial(a + b - 1, x) >= a)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_alpha(alpha, n)
+    r = conformal_rank(n, alpha)
+    a, trials = n + 1 - r, n
+
+    def cdf(x: float) -> float:  # 1 - P(Binomial(trials, x) < a): a sum of a terms, a ~ alpha n is small
+        log_x, log_1x = math.log(x), math.log1p(-x)
+        below = math.fsum(math.exp(math.lgamma(trials + 1) - math.lgamma(j + 1) - math.lgamma(trials - j + 1)
+                                   + j * log_x + (trials - j) * log_1x) for j in range(a))
+        return 1.0 - below
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # 2^-60: far below any rate a person reads
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < confidence else (lo, mid)
+    return hi
+
+
 def conformal_p_value(score: float, sorted_scores: np.ndarray) -> float:
     """(1 + #{calibration scores >= score}) / (n + 1); in [1/(n+1), 1]. A finite score is required."""
     if not math.isfinite(score):

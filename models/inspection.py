@@ -23,6 +23,7 @@ from models.decision import (
     conformal_p_value,
     conformal_threshold,
     decide,
+    false_alarm_bound,
     find_regions,
     image_score,
     min_alpha,
@@ -72,6 +73,12 @@ class Calibration:
     def min_alpha(self) -> float:
         """Smallest alpha these calibration scores support: 1/(n+1)."""
         return min_alpha(len(self.scores))
+
+    @property
+    def false_alarm_rate_90(self) -> float:
+        """The false-alarm rate this model stays at or below with 90 % confidence over the draw of its calibration
+        images (alpha is the average over draws; on few images one model's own rate spreads widely around it)."""
+        return false_alarm_bound(len(self.scores), self.alpha, 0.9)
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, requested_alpha: float, pixel_threshold: float,

@@ -236,6 +236,7 @@ def _card(served: Served) -> schemas.ModelCard:
         scoring=vars(cfg.scoring),
         threshold=cal.threshold, pixel_threshold=cal.pixel_threshold, alpha=cal.alpha,
         requested_alpha=cal.requested_alpha, min_alpha=cal.min_alpha,
+        false_alarm_rate_90=cal.false_alarm_rate_90,
         calibration_size=len(cal.scores), calibration_scores=list(cal.scores), provenance=provenance,
         loaded_at=served.loaded_at)
 

@@ -122,6 +122,10 @@ class ModelCard(BaseModel):
     requested_alpha: float = Field(description="the rate the fit asked for; below `alpha` when the calibration set "
                                    "was too small to support it")
     min_alpha: float = Field(description="smallest ?alpha= this model accepts: 1/(calibration_size + 1)")
+    false_alarm_rate_90: float = Field(description="the false-alarm rate this model stays at or below with 90 % "
+                                       "confidence over the draw of its calibration images: `alpha` is the average "
+                                       "over draws, and on few calibration images one model's rate spreads widely "
+                                       "around it")
     calibration_size: int
     calibration_scores: list[float]
     provenance: dict

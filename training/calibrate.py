@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from models.decision import min_alpha
+from models.decision import false_alarm_bound, min_alpha
 from models.detector import Detector
 from models.inspection import Calibration
 from training.data import iter_images
@@ -192,9 +192,10 @@ def calibrate(detector: Detector, paths: Sequence[Path], cfg: CalibrationConfig)
     if alpha < min_alpha(n):
         log.warning(
             "only %d calibration images: split-conformal calibration needs at least %d for alpha=%g. "
-            "The model guarantees alpha = 1/(n+1) = %.4g instead (threshold = the largest calibration "
-            "score); its card and metrics state that. Add good images or raise --alpha.",
-            n, int(np.ceil(1 / alpha)) - 1, alpha, min_alpha(n))
+            "The model guarantees alpha = 1/(n+1) = %.4g instead, on average over calibration draws (threshold = "
+            "the largest calibration score; one model's own rate stays under %.3g with 90 %% confidence); its "
+            "card and metrics state that. Add good images or raise --alpha.",
+            n, int(np.ceil(1 / alpha)) - 1, alpha, min_alpha(n), false_alarm_bound(n, min_alpha(n)))
     pixels = np.concatenate([m.ravel() for m in maps])
     if len(pixels) > MAX_PIXEL_SAMPLE:
         pixels = np.random.default_rng(seed).choice(pixels, MAX_PIXEL_SAMPLE, replace=False)

@@ -112,9 +112,10 @@ def cmd_fit(a: argparse.Namespace) -> None:
     save_verified(det, out, paths[0])
     elapsed = time.perf_counter() - t0
     cal = det.calibration
-    log.info("wrote %s (version %s): threshold %.4g at alpha=%g (guaranteed; asked %g) from %d calibration "
-             "images; %d images in %.1fs (%.1f img/s)", out, det.version, cal.threshold, cal.alpha,
-             cal.requested_alpha, len(cal.scores), len(paths), elapsed, len(paths) / elapsed)
+    log.info("wrote %s (version %s): threshold %.4g at alpha=%g (guaranteed on average; asked %g; this model's own "
+             "rate at most %.3g with 90 %% confidence) from %d calibration images; %d images in %.1fs (%.1f img/s)",
+             out, det.version, cal.threshold, cal.alpha, cal.requested_alpha, cal.false_alarm_rate_90,
+             len(cal.scores), len(paths), elapsed, len(paths) / elapsed)
     if a.export:
         _export_beside(det, out, paths)
     elif out.with_suffix(".onnx").exists():  # it was exported from the artifact just replaced

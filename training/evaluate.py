@@ -53,6 +53,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     good = ~labels
     metrics["false_alarm_rate"] = float(flagged[good].mean()) if good.any() else None
     metrics["false_alarms"], metrics["n_good"] = int(flagged[good].sum()), int(good.sum())
+    metrics["false_alarm_rate_90"] = cal.false_alarm_rate_90  # what the card says one model's rate stays under
     # how likely this many false alarms are if test/good is what calibration was (the guarantee's assumption)
     metrics["false_alarm_tail_p"] = false_alarm_tail(metrics["false_alarms"], metrics["n_good"],
                                                      len(cal.scores), cal.alpha) if good.any() else None

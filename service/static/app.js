@@ -44,7 +44,8 @@ function renderCard() {
   const chosen = canvas ? `, chosen from the images (median long side ${canvas.median_long_side} px)` : "";
   const rows = [["Name", m.name], ["Version", m.version], ["Backbone", `${m.backbone} stages ${m.stages.join(", ")}`],
     ["Input", `${m.preprocess.mode} ${m.preprocess.size} px${chosen}`], ["SAE", `${m.sae.n_latents} atoms, k = ${m.sae.k}`],
-    ["Threshold", m.threshold.toFixed(4)], ["False-alarm target (alpha)", m.alpha],
+    ["Threshold", m.threshold.toFixed(4)], ["False-alarm rate (alpha, on average)", m.alpha],
+    ["False-alarm rate, 90 % confidence", `at most ${m.false_alarm_rate_90.toFixed(4)}`],
     ["Calibration images", m.calibration_size], ["Created", m.provenance.created || "-"],
     ["Training images", m.provenance.n_fit_images ?? "-"], ["Code", m.provenance.code_version || "-"]];
   rows.push(["Scoring", `${m.scoring.normalize}, image score ${m.scoring.image_score}`]);

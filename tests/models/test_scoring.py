@@ -9,6 +9,7 @@ from models.decision import (
     conformal_p_value,
     conformal_rank,
     conformal_threshold,
+    false_alarm_bound,
     false_alarm_tail,
     find_regions,
     image_score,
@@ -65,6 +66,24 @@ def test_false_alarm_tail_is_the_exact_law_of_false_alarms_among_new_good_images
         false_alarm_tail(1, 25, 48, 0.01)
     with pytest.raises(ValueError):
         false_alarm_tail(26, 25, 48, 0.5)
+
+
+def test_false_alarm_bound_is_the_quantile_of_one_models_own_false_alarm_rate():
+    rng = np.random.default_rng(2)
+    trials = 20_000
+    for n, alpha in ((35, 1 / 36), (104, 0.01), (300, 0.05)):  # the largest score; an inner rank; a larger alpha
+        # one calibration draw -> one threshold -> that model's own false-alarm rate on exchangeable good images
+        own_rate = 1 - np.sort(rng.random((trials, n)), axis=1)[:, conformal_rank(n, alpha) - 1]
+        bound = false_alarm_bound(n, alpha, 0.9)
+        assert abs(float((own_rate <= bound).mean()) - 0.9) <= 4 * math.sqrt(0.09 / trials), (n, alpha)
+        assert bound > alpha >= own_rate.mean() - 4 * own_rate.std() / math.sqrt(trials)  # alpha: only the average
+    assert false_alarm_bound(35, 1 / 36, 0.9) == pytest.approx(1 - 0.1 ** (1 / 35))  # max of n: closed form
+    # more calibration images, a tighter rate at the same alpha
+    assert false_alarm_bound(1000, 0.01) < false_alarm_bound(300, 0.01) < false_alarm_bound(99, 0.01)
+    with pytest.raises(UnsupportedAlpha):
+        false_alarm_bound(35, 0.01)
+    with pytest.raises(ValueError, match="confidence"):
+        false_alarm_bound(35, 1 / 36, 1.0)
 
 
 def test_image_score_max_and_top_mean():

@@ -13,6 +13,7 @@ import pytest
 
 from bench.images import float_tiff, part_png
 from bench.servers import running_server
+from models.decision import false_alarm_bound
 from service.settings import Settings
 
 HDR = {"content-type": "image/png"}
@@ -30,6 +31,8 @@ def test_alpha_below_the_calibration_minimum_is_refused_naming_it(client, detect
     n = len(detector.calibration.scores)
     card = client.get("/v1/models/parts").json()
     assert card["min_alpha"] == pytest.approx(1 / (n + 1)) and card["requested_alpha"] <= card["alpha"]
+    assert card["false_alarm_rate_90"] == pytest.approx(false_alarm_bound(n, card["alpha"], 0.9))
+    assert card["false_alarm_rate_90"] > card["alpha"]  # one model's own rate: above the average at 90 %
     too_small = 0.5 / (n + 1)
     for url in ("/v1/models/parts/inspect", "/v1/models/parts/inspect/batch"):
         kw = {"files": {"file": ("a.png", part_png(1, "spot"), "image/png")}}
