@@ -47,6 +47,8 @@ class Metrics:
                                 ["model", "version", "backbone"], registry=r)
         self.threshold = Gauge("sae_inspect_threshold", "Image-score decision threshold", ["model"], registry=r)
         self.alpha = Gauge("sae_inspect_calibrated_alpha", "Calibrated false-alarm rate", ["model"], registry=r)
+        self.alarm_rate_90 = Gauge("sae_inspect_false_alarm_rate_90", "False-alarm rate this model stays under with "
+                                   "90 % confidence over its calibration draw", ["model"], registry=r)
         self.reloads = Counter("sae_inspect_model_reloads_total", "Model (re)loads by outcome",
                                ["model", "outcome"], registry=r)
         self.inflight = Gauge("sae_inspect_inflight_requests", "Requests being processed", registry=r)

@@ -263,6 +263,7 @@ class ModelRegistry:
         self.metrics.model_info.labels(name, det.version, det.config.backbone.name).set(1)
         self.metrics.threshold.labels(name).set(det.calibration.threshold)
         self.metrics.alpha.labels(name).set(det.calibration.alpha)
+        self.metrics.alarm_rate_90.labels(name).set(det.calibration.false_alarm_rate_90)
         self.metrics.drift_evidence.labels(name).set(0)
         self.metrics.burst_evidence.labels(name).set(0)
 

@@ -150,6 +150,8 @@ def test_metrics_follow_requests(client):
     assert metric(client, "sae_inspect_request_duration_seconds_count", stage="inference") >= 2
     assert metric(client, "sae_inspect_model_info", model="parts", version="test-1") == 1
     assert metric(client, "sae_inspect_threshold", model="parts") > 0
+    bound = client.get("/v1/models/parts").json()["false_alarm_rate_90"]
+    assert metric(client, "sae_inspect_false_alarm_rate_90", model="parts") == pytest.approx(bound)
     assert metric(client, "process_resident_memory_bytes") > 0
 
 
