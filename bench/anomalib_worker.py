@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from models.backbone import build_lite_classifier
-from training.metrics import aupro, auroc
+from training.metrics import aupro, auroc, pixel_auroc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,8 +178,7 @@ def main() -> None:
             masks += list(gm.numpy())
         row["image_auroc"] = auroc(np.array(labels), np.array(scores))
         if masks and any(m.any() for m in masks):
-            row["pixel_auroc"] = auroc(np.concatenate([m.ravel() for m in masks]),
-                                       np.concatenate([m.ravel() for m in maps]))
+            row["pixel_auroc"] = pixel_auroc(masks, maps).value
             row["aupro_30"] = aupro(masks, maps)
         row["n_test_images"] = len(scores)
         # forward throughput of anomalib's torch model on pre-processed size x size tensors

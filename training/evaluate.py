@@ -15,7 +15,7 @@ from models.decision import decide_all, false_alarm_tail
 from models.detector import Detector
 from training.calibrate import score_files
 from training.data import mvtec_test_set
-from training.metrics import aupro, auroc, best_recall_at_far
+from training.metrics import aupro, auroc, best_recall_at_far, pixel_auroc
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     if any(it.mask is not None for _, it in with_mask):
         gt = [_mask_like(it.mask, m.shape) for m, it in with_mask]
         pix_maps = [m for m, _ in with_mask]
-        metrics["pixel_auroc"] = auroc(np.concatenate([g.ravel() for g in gt]),
-                                       np.concatenate([m.ravel() for m in pix_maps]))
+        metrics["pixel_auroc"], metrics["pixel_auroc_max_error"] = pixel_auroc(gt, pix_maps)
         metrics["aupro_30"] = aupro(gt, pix_maps)
     good = ~labels
     metrics["false_alarm_rate"] = float(flagged[good].mean()) if good.any() else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -56,31 +58,80 @@ def best_recall_at_far(labels: np.ndarray, scores: np.ndarray, far: float) -> fl
     return float((scores[labels] > t).mean())
 
 
+PIXEL_SAMPLE = 2_000_000
+"""Pixels drawn (seeded) to place the pixel metrics' bins and thresholds; the counts in them are exact, over every
+pixel, one map at a time: memory stays at a sample and a few histograms however many maps there are (the exact
+sort of every pixel took 22.6 GB on deeppcb's 750 test maps at 640 px)."""
+PIXEL_BINS = 16_384
+"""Equal-share bins of the pixel AUROC (``pixel_auroc``: at most 0.5 / PIXEL_BINS from the exact value when the
+negative pixels are the many)."""
+
+
+def _sample(maps: list[np.ndarray], n: int, exclude: list[np.ndarray] | None = None, seed: int = 0) -> np.ndarray:
+    """About n of the maps' values, drawn in proportion to their sizes (all of them when they hold fewer), leaving
+    out the pixels where `exclude` is true (the defect pixels, for a sample of the defect-free ones)."""
+    total = sum(m.size for m in maps)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, m in enumerate(maps):
+        idx = np.arange(m.size) if total <= n else rng.integers(0, m.size, max(1, round(n * m.size / total)))
+        keep = m.ravel()[idx]
+        out.append(keep if exclude is None else keep[~np.asarray(exclude[i], bool).ravel()[idx]])
+    return np.concatenate(out)
+
+
+class PixelAuroc(NamedTuple):
+    value: float
+    max_error: float
+    """Bound on |value - exact AUROC|: pairs of a positive and a negative pixel in one bin count half."""
+
+
+def pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray], bins: int = PIXEL_BINS) -> PixelAuroc:
+    """AUROC of every map pixel against its mask, in bounded memory: bins at quantiles of a pixel sample, exact
+    per-bin counts of positive and negative pixels map by map, the Mann-Whitney sum over bins (ties within a bin
+    counted half, hence `max_error`)."""
+    edges = np.unique(np.quantile(_sample(maps, PIXEL_SAMPLE), np.linspace(0, 1, bins + 1)[1:-1]))
+    pos, neg = np.zeros(len(edges) + 1), np.zeros(len(edges) + 1)
+    for mask, amap in zip(masks, maps, strict=True):
+        b = np.searchsorted(edges, amap.ravel(), side="left")  # bin k holds values in (edges[k-1], edges[k]]
+        m = np.asarray(mask, bool).ravel()
+        pos += np.bincount(b[m], minlength=len(pos))
+        neg += np.bincount(b[~m], minlength=len(neg))
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both positive and negative samples")
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    return PixelAuroc(float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)),
+                      float(0.5 * (pos * neg).sum() / (n_pos * n_neg)))
+
+
 def aupro(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float = 0.3, steps: int = 300) -> float:
     """Area under the per-region-overlap curve up to `max_fpr`, divided by `max_fpr`.
 
     Each connected ground-truth region counts equally, whatever its size (Bergmann et
-    al., MVTec AD). FPR is measured on all defect-free pixels of all images.
+    al., MVTec AD). FPR is measured on all defect-free pixels of all images: `steps` thresholds at quantiles of a
+    sample of them (all of them up to PIXEL_SAMPLE), then the exact FPR and overlaps at those thresholds, map by
+    map, so that memory does not grow with the number of maps.
     """
-    normal, regions = [], []
-    for mask, amap in zip(masks, maps, strict=True):
-        m = mask > 0
-        normal.append(amap[~m])
+    defect = [np.asarray(mask) > 0 for mask in masks]
+    thresholds = np.quantile(_sample(maps, PIXEL_SAMPLE, defect), np.linspace(1 - max_fpr, 1, steps))  # ascending
+    above_normal, n_normal, pro, n_regions = np.zeros(steps), 0, np.zeros(steps), 0
+    for m, amap in zip(defect, maps, strict=True):
+        free = amap[~m]
+        # defect-free values above each threshold: those whose insertion point lies beyond it
+        above_normal += np.cumsum(np.bincount(np.searchsorted(thresholds, free, side="left"),
+                                              minlength=steps + 1)[::-1])[::-1][1:]
+        n_normal += free.size
         if m.any():
             n, labels = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
-            regions.extend(np.sort(amap[labels == i]) for i in range(1, n))
-    if not regions:
+            for i in range(1, n):
+                region = np.sort(amap[labels == i])
+                pro += 1 - np.searchsorted(region, thresholds, side="right") / len(region)
+                n_regions += 1
+    if not n_regions:
         raise ValueError("AUPRO needs at least one defect region")
-    normal_sorted = np.sort(np.concatenate(normal))
-    fpr_targets = np.linspace(0, max_fpr, steps)
-    thresholds = np.quantile(normal_sorted, 1 - fpr_targets)
-
-    def above(sorted_vals: np.ndarray) -> np.ndarray:  # fraction of values > each threshold
-        return 1 - np.searchsorted(sorted_vals, thresholds, side="right") / len(sorted_vals)
-
-    fpr = above(normal_sorted)
-    pro = np.mean([above(r) for r in regions], axis=0)
-    fpr, pro = np.r_[fpr, max_fpr], np.r_[pro, np.interp(max_fpr, fpr, pro)]
+    fpr, pro = above_normal / n_normal, pro / n_regions
+    fpr, pro = np.r_[fpr, max_fpr], np.r_[pro, np.interp(max_fpr, fpr[::-1], pro[::-1])]
     keep = fpr <= max_fpr
     order = np.argsort(fpr[keep])
     return float(np.trapezoid(pro[keep][order], fpr[keep][order]) / max_fpr)

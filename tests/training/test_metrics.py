@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+import training.metrics
+from bench.eval_memory import aupro_exact
 from training.calibrate import f1_optimal
-from training.metrics import aupro, auroc, best_recall_at_far, roc_curve
+from training.metrics import aupro, auroc, best_recall_at_far, pixel_auroc, roc_curve
 
 
 def test_auroc_matches_sklearn_with_ties():
@@ -54,6 +56,42 @@ def test_aupro_hand_built_cases():
     masks = [np.pad(np.ones((20, 20), np.uint8), 40) for _ in range(20)]
     maps = [rng.random(m.shape) for m in masks]
     assert aupro(masks, maps) == pytest.approx(0.15, abs=0.02)
+
+
+def _blobby(seed: int, n: int = 12, size: int = 48) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks with a few defect blobs and maps that score them higher, with ties (rounded) and noise."""
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    for i in range(n):
+        m = np.zeros((size, size), np.uint8)
+        for _ in range(i % 3):  # some maps carry no defect
+            y, x = rng.integers(4, size - 8, 2)
+            m[y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = 1
+        masks.append(m)
+        maps.append(np.round(rng.normal(m * 1.2, 1.0), 2).astype(np.float32))
+    return masks, maps
+
+
+def test_pixel_auroc_is_within_its_bound_of_the_exact_one(monkeypatch):
+    masks, maps = _blobby(0)
+    exact = auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]))
+    got = pixel_auroc(masks, maps)
+    assert 0.7 < exact < 0.95 and abs(got.value - exact) <= got.max_error < 2e-3
+    # bins placed from a sample of 3,000 of the 27,648 pixels: coarser bins, the counts still exact, the bound holds
+    monkeypatch.setattr(training.metrics, "PIXEL_SAMPLE", 3_000)
+    sampled = pixel_auroc(masks, maps)
+    assert abs(sampled.value - exact) <= sampled.max_error < 5e-3
+    assert pixel_auroc(masks, maps, bins=4).max_error > sampled.max_error  # fewer bins, a looser bound
+    with pytest.raises(ValueError, match="both"):
+        pixel_auroc([np.zeros_like(m) for m in masks], maps)
+
+
+def test_aupro_map_by_map_equals_the_recipe_on_every_pixel_and_samples_its_thresholds(monkeypatch):
+    masks, maps = _blobby(1)
+    exact = aupro_exact(masks, maps)
+    assert aupro(masks, maps) == pytest.approx(exact, abs=1e-12)  # every pixel fits the sample: same thresholds
+    monkeypatch.setattr(training.metrics, "PIXEL_SAMPLE", 3_000)  # thresholds from a sample, counts exact
+    assert aupro(masks, maps) == pytest.approx(exact, abs=0.01)
 
 
 def test_f1_optimal_threshold():
