@@ -595,6 +595,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("datasets", nargs="*", type=Path, help="category folders (default: all in ../shared/datasets)")
     p.add_argument("--no-anomalib", action="store_true", help="only our rows")
+    p.add_argument("--peers-only", action="store_true", help="only the peers' rows (ours neither fitted nor scored)")
     p.add_argument("--patchcore", action="store_true", help="also anomalib PatchCore (coreset 0.01)")
     p.add_argument("--peer-size", type=int, choices=PEER_SIZES, default=256,
                    help="input side of the anomalib rows (256: their first runs; 384: our canvas until 2026-12-04; "
@@ -621,7 +622,7 @@ def main() -> None:
             for d in data:
                 run_variant(d, v, rows, save)
     elif not a.table_only:
-        for d in data:
+        for d in data if not a.peers_only else []:
             print(f"[ours] {d.name}", flush=True)
             run_ours(d, rows, save)
         if not a.no_anomalib:
