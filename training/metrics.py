@@ -69,14 +69,14 @@ negative pixels are the many)."""
 
 def _sample(maps: list[np.ndarray], n: int, exclude: list[np.ndarray] | None = None, seed: int = 0) -> np.ndarray:
     """About n of the maps' values, drawn in proportion to their sizes (all of them when they hold fewer), leaving
-    out the pixels where `exclude` is true (the defect pixels, for a sample of the defect-free ones)."""
+    out the pixels where `exclude` is non-zero (the defect masks, for a sample of the defect-free pixels)."""
     total = sum(m.size for m in maps)
     rng = np.random.default_rng(seed)
     out = []
     for i, m in enumerate(maps):
         idx = np.arange(m.size) if total <= n else rng.integers(0, m.size, max(1, round(n * m.size / total)))
         keep = m.ravel()[idx]
-        out.append(keep if exclude is None else keep[~np.asarray(exclude[i], bool).ravel()[idx]])
+        out.append(keep if exclude is None else keep[~(np.asarray(exclude[i]) > 0).ravel()[idx]])
     return np.concatenate(out)
 
 
@@ -113,10 +113,10 @@ def aupro(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float = 0.3,
     sample of them (all of them up to PIXEL_SAMPLE), then the exact FPR and overlaps at those thresholds, map by
     map, so that memory does not grow with the number of maps.
     """
-    defect = [np.asarray(mask) > 0 for mask in masks]
-    thresholds = np.quantile(_sample(maps, PIXEL_SAMPLE, defect), np.linspace(1 - max_fpr, 1, steps))  # ascending
+    thresholds = np.quantile(_sample(maps, PIXEL_SAMPLE, masks), np.linspace(1 - max_fpr, 1, steps))  # ascending
     above_normal, n_normal, pro, n_regions = np.zeros(steps), 0, np.zeros(steps), 0
-    for m, amap in zip(defect, maps, strict=True):
+    for mask, amap in zip(masks, maps, strict=True):
+        m = np.asarray(mask) > 0
         free = amap[~m]
         # defect-free values above each threshold: those whose insertion point lies beyond it
         above_normal += np.cumsum(np.bincount(np.searchsorted(thresholds, free, side="left"),
