@@ -166,10 +166,12 @@ def small_table(rows: dict) -> str:
 
 def measure_small(name: str, variant: str) -> dict:
     """A bench.small_train model (`default` or one of its variants) on its own calibration split."""
-    from bench.small_train import VARIANTS
+    from bench.anomalib_compare import subset
+    from bench.small_train import IMAGES, VARIANTS
 
     seed = 0 if variant == "default" else VARIANTS[variant][3].get("seed", 0)
-    train = next(WORK.glob(f"{name}_train_*"))  # bench.small_train's cut of train/good (symlinks)
+    data = DATASETS / name  # bench.small_train's cut of train/good (symlinks), the same seeded sample
+    train = subset(data, IMAGES / len(list((data / "train" / "good").iterdir())))
     model = WORK / f"small_train_{name}{'' if variant == 'default' else '_' + variant}.safetensors"
     return {**measure(name, model, train, seed), "variant": variant, "seed": seed}
 

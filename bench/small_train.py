@@ -24,6 +24,8 @@ from bench.accuracy import DATASETS, METRICS, RESULTS, WORK, changed_config, tes
 from bench.anomalib_compare import ensure_anomalib, run_row, subset
 from bench.fit_eval import machine
 
+IMAGES = 90
+"""Good training images kept per set by default (`--images`)."""
 OURS = "SAE Inspect (default)"
 PADIM = "anomalib PaDiM, 256 px"
 OFF = {"augment": 0}  # the rows before moved copies were the default (2026-12-05 evening) keep them off
@@ -169,7 +171,7 @@ def bound90(row: dict, unit: str = "rate") -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("datasets", nargs="*", help="set names (default: every shared set)")
-    p.add_argument("--images", type=int, default=90, help="good training images kept per set (default 90)")
+    p.add_argument("--images", type=int, default=IMAGES, help=f"good training images kept per set (default {IMAGES})")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=[],
                    help="also fit these variants of ours (on the sets named, or every set)")
     p.add_argument("--table-only", action="store_true")
