@@ -13,7 +13,6 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from models.decision import false_alarm_bound, min_alpha
 from models.detector import Detector
 from models.inspection import Calibration
 from training.data import iter_images
@@ -188,19 +187,20 @@ def calibrate(detector: Detector, paths: Sequence[Path], cfg: CalibrationConfig)
         raise ValueError("no usable calibration images")
     if not np.isfinite(scores).all():
         raise ValueError("a calibration image gave a non-finite score: the model is broken; refusing to calibrate")
+    pixels = np.concatenate([m.ravel() for m in maps])
+    if len(pixels) > MAX_PIXEL_SAMPLE:
+        pixels = np.random.default_rng(seed).choice(pixels, MAX_PIXEL_SAMPLE, replace=False)
+    pixel_threshold = float(np.quantile(pixels, pixel_quantile))
+    calibration = Calibration.from_scores(scores, alpha, pixel_threshold, pixel_quantile)
     n = len(scores)
-    if alpha < min_alpha(n):
+    if alpha < calibration.min_alpha:
         log.warning(
             "only %d calibration images: split-conformal calibration needs at least %d for alpha=%g. "
             "The model guarantees alpha = 1/(n+1) = %.4g instead, on average over calibration draws (threshold = "
             "the largest calibration score; one model's own rate stays under %.3g with 90 %% confidence); its "
             "card and metrics state that. Add good images or raise --alpha.",
-            n, int(np.ceil(1 / alpha)) - 1, alpha, min_alpha(n), false_alarm_bound(n, min_alpha(n)))
-    pixels = np.concatenate([m.ravel() for m in maps])
-    if len(pixels) > MAX_PIXEL_SAMPLE:
-        pixels = np.random.default_rng(seed).choice(pixels, MAX_PIXEL_SAMPLE, replace=False)
-    pixel_threshold = float(np.quantile(pixels, pixel_quantile))
-    return Calibration.from_scores(scores, alpha, pixel_threshold, pixel_quantile)
+            n, int(np.ceil(1 / alpha)) - 1, alpha, calibration.alpha, calibration.false_alarm_rate_90)
+    return calibration
 
 
 def f1_optimal(good: np.ndarray, bad: np.ndarray) -> dict[str, float]:
