@@ -48,6 +48,9 @@ VARIANTS = {  # name -> (label, model config changes {section: {field: value}}, 
     **{f"runs3{'_seed' + str(s) if s else ''}": (
         f"calibration groups runs:3 (every other default), fit and split seed {s}", {}, {"seed": s},
         {"groups": "runs:3", "seed": s}) for s in (0, 1, 2)},
+    **{f"single{'_seed' + str(s) if s else ''}": (
+        f"calibration groups none (single images; every other default), fit and split seed {s}", {}, {"seed": s},
+        {"groups": "none", "seed": s}) for s in (0, 1, 2)},
     **{f"norefit_seed{s}": (f"refit_below 0, augment 0, fit and split seed {s}", {}, {"seed": s, **OFF},
                             {"refit_below": 0, "seed": s})
        for s in (1, 2)},
@@ -89,8 +92,11 @@ SEEDED = {  # three-seed columns: variant per seed 0, 1, 2 (None: the default)
 }
 
 
-SEEDED_DEFAULT = SEEDED["default (moved copies, refit below 100 fit images)"]
-RUNS3 = ("runs3", "runs3_seed1", "runs3_seed2")
+GROUPINGS = {  # calibration groups on 90 images, seeds 0, 1, 2
+    "runs of 7 (default)": SEEDED["default (moved copies, refit below 100 fit images)"],
+    "runs of 3": ("runs3", "runs3_seed1", "runs3_seed2"),
+    "single images": ("single", "single_seed1", "single_seed2"),
+}
 
 
 def mean3(values: list[float]) -> str:
@@ -155,19 +161,21 @@ def table(rows: dict, images: int) -> str:
             cells = [" / ".join(f"{rows[key(s, v)]['false_alarms']}{bound90(rows[key(s, v)], 'count')}"
                                 for v in names) for names in SEEDED.values()]
             out.append(f"| {s} | {rows[key(s, None)]['n_good']} | {' | '.join(cells)} |")
-    shorter = [s for s in sets if all(key(s, v) in rows for v in RUNS3)]
+    shorter = [s for s in sets if any(all(key(s, v) in rows for v in names) for names in list(GROUPINGS.values())[1:])]
     if shorter:
-        out += ["", "Calibration groups on 90 images: the default's runs of 7 consecutive file names (runs:8 capped "
-                "at 1/12 of the images) against runs of 3 (`--variants runs3 runs3_seed1 runs3_seed2`), seeds "
-                "0 / 1 / 2: image AUROC; false alarms on test/good (the card's 90 % bound):", "",
-                "| set | n good | image AUROC, runs of 7 (default) | image AUROC, runs of 3 | false alarms, runs of 7 "
-                "(default) | false alarms, runs of 3 |", "|---|---|---|---|---|---|"]
+        out += ["", "Calibration groups on 90 images (`--variants runs3 runs3_seed1 runs3_seed2 single single_seed1 "
+                "single_seed2`), seeds 0 / 1 / 2: the default's runs of 7 consecutive file names (runs:8 capped at "
+                "1/12 of the images; 13 parts, the calibration takes 5), runs of 3 (30 parts, 10) and single images "
+                "(groups none); image AUROC, then false alarms on test/good (the card's 90 % bound):", "",
+                f"| set | n good | {' | '.join(f'image AUROC, {g}' for g in GROUPINGS)} "
+                f"| {' | '.join(f'false alarms, {g}' for g in GROUPINGS)} |",
+                "|---|---|" + "---|" * (2 * len(GROUPINGS))]
         for s in shorter:
-            pairs = [[rows[key(s, v)] for v in names] for names in (SEEDED_DEFAULT, RUNS3)]
-            out.append(f"| {s} | {rows[key(s, None)]['n_good']} | "
-                       + " | ".join(" / ".join(f"{r['image_auroc']:.3f}" for r in rs) for rs in pairs) + " | "
-                       + " | ".join(" / ".join(f"{r['false_alarms']}{bound90(r, 'count')}" for r in rs)
-                                    for rs in pairs) + " |")
+            runs = [[rows.get(key(s, v)) for v in names] for names in GROUPINGS.values()]
+            auroc = [" / ".join(f"{r['image_auroc']:.3f}" for r in rs) if all(rs) else "-" for rs in runs]
+            alarms = [" / ".join(f"{r['false_alarms']}{bound90(r, 'count')}" for r in rs) if all(rs) else "-"
+                      for rs in runs]
+            out.append(f"| {s} | {rows[key(s, None)]['n_good']} | {' | '.join(auroc)} | {' | '.join(alarms)} |")
     both = [s for s in sets if f"{s}|{OURS}" in rows and f"{s}|{PADIM}" in rows]
     if both:
         mean = {m: sum(rows[f"{s}|{m}"]["image_auroc"] for s in both) / len(both) for m in (OURS, PADIM)}
