@@ -16,7 +16,9 @@ Writes bench/results/far_groups.{json,md}.
 The same for bench.small_train's models on the sets cut to 90 good images (bench/work/small_train_<set>[_VARIANT]
 .safetensors; `default` names the default's row, other names are bench.small_train's variants, each with its split
 seed), plus where the calibration's top score sits: on so few calibration images the threshold is their largest
-score, one image. Writes bench/results/far_groups_small.{json,md}.
+score, one image, and the same model on the set's train/good images the cut left out (good images of the
+calibration's own source that nothing in the fit saw: do they alarm as test/good does?). Writes
+bench/results/far_groups_small.{json,md}.
 """
 
 from __future__ import annotations
