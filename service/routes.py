@@ -227,6 +227,7 @@ def _card(served: Served) -> schemas.ModelCard:
     cal = det.calibration
     cfg = det.config
     provenance = {k: det.meta.get(k) for k in ("created", "code_version", "n_fit_images", "n_calibration_images",
+                                               "n_calibration_parts",
                                                "dataset_fingerprint", "parent_version", "fit_stats",
                                                "calibration_split", "backbone_sha256", "scoring_selection",
                                                "canvas_choice")}

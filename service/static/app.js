@@ -46,7 +46,9 @@ function renderCard() {
     ["Input", `${m.preprocess.mode} ${m.preprocess.size} px${chosen}`], ["SAE", `${m.sae.n_latents} atoms, k = ${m.sae.k}`],
     ["Threshold", m.threshold.toFixed(4)], ["False-alarm rate (alpha, on average)", m.alpha],
     ["False-alarm rate, 90 % confidence", `at most ${m.false_alarm_rate_90.toFixed(4)}`],
-    ["Calibration images", m.calibration_size], ["Created", m.provenance.created || "-"],
+    ["Calibration images", m.provenance.n_calibration_parts
+      ? `${m.calibration_size}, from ${m.provenance.n_calibration_parts} parts` : m.calibration_size],
+    ["Created", m.provenance.created || "-"],
     ["Training images", m.provenance.n_fit_images ?? "-"], ["Code", m.provenance.code_version || "-"]];
   rows.push(["Scoring", `${m.scoring.normalize}, image score ${m.scoring.image_score}`]);
   $("card").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, String(v)))));

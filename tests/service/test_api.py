@@ -31,6 +31,8 @@ def test_health_ready_and_model_card(client):
     card = client.get("/v1/models/parts").json()
     assert card["backbone"] == "efficientnet_lite0" and card["alpha"] == 0.1
     assert card["calibration_size"] == len(card["calibration_scores"]) > 0
+    # and how many parts those calibration images came from (runs of file names by default: fewer than images)
+    assert 0 < card["provenance"]["n_calibration_parts"] < card["calibration_size"]
     assert card["preprocess"]["mode"] == "letterbox"
     # and which canvas it chose from the good images' sizes
     assert card["preprocess"]["size"] == card["provenance"]["canvas_choice"]["chosen"] == 256

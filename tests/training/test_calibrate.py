@@ -20,10 +20,10 @@ def test_reservoir_is_bounded_and_uniform():
 def test_split_is_seeded_disjoint_and_respects_minimum(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(100)]
     cfg = CalibrationConfig(fraction=0.2, min_count=30, seed=3, select_count=12, groups="none")
-    fit, sel, cal, n_groups = split_images(paths, cfg)
-    assert (len(cal), len(sel), len(fit), n_groups) == (30, 12, 58, 100)
+    fit, sel, cal, n_groups, cal_parts = split_images(paths, cfg)
+    assert (len(cal), len(sel), len(fit), n_groups, cal_parts) == (30, 12, 58, 100, 30)
     assert not set(fit) & set(cal) and not set(fit) & set(sel) and not set(sel) & set(cal)
-    assert split_images(paths, cfg) == (fit, sel, cal, n_groups)
+    assert split_images(paths, cfg) == (fit, sel, cal, n_groups, cal_parts)
     with pytest.raises(ValueError, match="at least 2"):
         split_images(paths[:1], CalibrationConfig())
 
@@ -36,6 +36,7 @@ def test_split_keeps_each_part_in_one_split(tmp_path):
     part = {name: {q.name.split("_")[0] for q in getattr(split, name)} for name in ("fit", "select", "calibrate")}
     assert split.n_groups == 40 and not part["fit"] & part["calibrate"] and not part["select"] & part["calibrate"]
     assert not part["fit"] & part["select"] and len(split.calibrate) % 5 == 0 and len(split.calibrate) >= 40
+    assert split.calibration_parts == len(part["calibrate"]) == len(split.calibrate) // 5  # parts, not images
     nested = [tmp_path / f"p{p}" / f"{s}.png" for p in range(10) for s in range(4)]
     folder = split_images(nested, CalibrationConfig(groups="folder", select_count=0))
     assert not {q.parent for q in folder.fit} & {q.parent for q in folder.calibrate}
@@ -58,6 +59,7 @@ def test_default_split_keeps_runs_of_consecutive_shots_together(tmp_path):
     split = split_images(paths, CalibrationConfig(select_count=24))
     run = {name: {int(q.stem[4:]) // 8 for q in getattr(split, name)} for name in ("fit", "select", "calibrate")}
     assert split.n_groups == 30 and len(split.calibrate) == 48 and len(split.select) == 24
+    assert split.calibration_parts == len(run["calibrate"]) == 6
     assert not run["fit"] & run["calibrate"] and not run["fit"] & run["select"] and not run["select"] & run["calibrate"]
     small = split_images(paths[:36], CalibrationConfig(select_count=4))
     assert small.n_groups == 12 and small.fit and small.select and small.calibrate

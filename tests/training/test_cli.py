@@ -8,7 +8,7 @@ import pytest
 from models.decision import conformal_threshold, false_alarm_tail
 from models.detector import Detector
 from models.synthetic import write_dataset
-from training.calibrate import CalibrationConfig
+from training.calibrate import FEW_CALIBRATION_PARTS, CalibrationConfig
 from training.cli import main
 from training.fit import FitConfig
 
@@ -209,10 +209,15 @@ def test_fit_with_labelled_defects_reports_f1_threshold_beside_conformal(small_d
     assert cal.threshold == conformal_threshold(np.asarray(cal.scores), 0.2)
 
 
-def test_refit_below_zero_keeps_the_selection_images_out_of_the_sae(fitted, small_data, tmp_path):
+def test_refit_below_zero_keeps_the_selection_images_out_of_the_sae(fitted, small_data, tmp_path, caplog):
     out = tmp_path / "norefit.safetensors"
+    caplog.set_level(logging.WARNING, logger="training")  # other tests' fixtures quiet it
     assert main(["fit", str(small_data), "--out", str(out), "--refit-below", "0", *FAST]) == 0
     det, refit = Detector.from_artifact(out, "cpu"), Detector.from_artifact(fitted, "cpu")
+    # 24 images in runs of 2: the calibration's images stand for half as many parts, and the fit says so
+    parts = det.meta["n_calibration_parts"]
+    assert 2 * parts >= det.meta["n_calibration_images"] >= parts and parts < FEW_CALIBRATION_PARTS
+    assert f"only {parts} parts" in caplog.text
     assert "refit_with_selection" not in det.meta and det.meta["n_selection_images"] > 0
     assert det.meta["n_moved_patches"] == 0  # the SAE that chose the scoring takes no moved copies
     assert det.meta["n_fit_images"] + det.meta["n_calibration_images"] + det.meta["n_selection_images"] == 24
