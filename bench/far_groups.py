@@ -78,9 +78,10 @@ def measure(name: str, model: Path | None = None, train: Path | None = None, see
     data = DATASETS / name
     det = Detector.from_artifact(model or WORK / f"accuracy_{name}.safetensors", device="cpu")
     cal_cfg = CalibrationConfig(seed=seed, **({"groups": groups} if groups else {}))
-    split = split_images(good_images([train or data]), cal_cfg)
+    paths = good_images([train or data])
+    split = split_images(paths, cal_cfg)
     test_paths = sorted((data / "test" / "good").iterdir())
-    kept = {p.name for p in good_images([train])} if train else set()
+    kept = {p.name for p in paths}
     rest = [p for p in good_images([data / "train" / "good"]) if p.name not in kept] if train else []
     with cached_backbones(WORK / "feature_cache"):
         cal_paths, cal, _ = score_files(det, split.calibrate, desc=f"{name} calibration")
