@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -128,43 +130,54 @@ def table(results: list[dict], accuracy: dict) -> str:
     return "\n".join(out)
 
 
-def plot(results: list[dict]) -> None:
+def sweep_plot(path: Path, series: list[tuple[str, list[float], list[list[float]]]], titles: tuple[str, str],
+               xlabel: str, default: float, xscale: str = "log", **scale: float) -> None:
+    """Two panels of one sweep: `series` = (label, x values, [left panel's y values, right panel's]) per set; `xscale`
+    and `scale`: the x axis's matplotlib scale and its options."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    xs = list(FRACTIONS)
-    for r in results:
-        top = [c for c in r["rows"] if c["mode"] == "top_mean"]
-        for ax, key in zip(axes, ("image_auroc", "recall"), strict=True):
-            ax.plot(xs, [c[key] for c in top], marker="o", label=r["dataset"])
-    for ax, title in zip(axes, ("image AUROC", "recall at the card's alpha"), strict=True):
-        ax.set_xscale("log")
-        ax.axvline(0.01, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("top fraction of map pixels averaged (dotted: the default)")
+    for label_, xs, ys in series:
+        for ax, y in zip(axes, ys, strict=True):
+            if y:
+                ax.plot(xs, y, marker="o", label=label_)
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale(xscale, **scale)
+        ax.axvline(default, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT.with_suffix(".png"), dpi=110)
+    fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    json_path = OUT.with_suffix(".json")
+def per_set(json_path: Path, measure: Callable[[str], dict], complete: Callable[[dict], bool]) -> list[dict]:
+    """`measure` on each of SETS, kept in `json_path` as each finishes; a set whose stored result is `complete`
+    is not measured again (a rerun resumes). -> the results in SETS order."""
     done = {r["dataset"]: r for r in json.loads(json_path.read_text())["sets"]} if json_path.exists() else {}
     for name in SETS:
-        if name in done and len(done[name]["rows"]) == len(SCORES):
+        if name in done and complete(done[name]):
             continue
         done[name] = measure(name)
         print(json.dumps({k: v for k, v in done[name].items() if k != "rows"}), flush=True)
         json_path.write_text(json.dumps({"machine": machine(), "sets": list(done.values())}, indent=2))
-    results = [done[n] for n in SETS]
+    return [done[n] for n in SETS]
+
+
+def main() -> None:
+    results = per_set(OUT.with_suffix(".json"), measure, lambda r: len(r["rows"]) == len(SCORES))
     accuracy = json.loads(RES.read_text()) if RES.exists() else {}
     text = table(results, accuracy.get("rows", accuracy))
     OUT.with_suffix(".md").write_text(text)
-    plot(results)
+    sweep_plot(OUT.with_suffix(".png"),
+               [(r["dataset"], list(FRACTIONS), [[c[k] for c in r["rows"] if c["mode"] == "top_mean"]
+                                                 for k in ("image_auroc", "recall")]) for r in results],
+               ("image AUROC", "recall at the card's alpha"),
+               "top fraction of map pixels averaged (dotted: the default)", 0.01)
     print(text)
 
 
