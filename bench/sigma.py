@@ -10,7 +10,7 @@ operator is linear, `models.scoring.map_operator`). Per sigma: image AUROC, pixe
 test maps, and recall and false alarms on test/good at the split-conformal threshold recalibrated on the same
 calibration images at the card's alpha. The scoring normalisation stays the one the fit chose (with 4 px).
 
-    python -m bench.sigma       # ~25 min on 2 cores with the models fitted; writes bench/results/sigma.{json,md,png}
+    python -m bench.sigma       # ~10 min on 2 cores with the models fitted; writes bench/results/sigma.{json,md,png}
 """
 
 from __future__ import annotations

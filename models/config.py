@@ -147,7 +147,8 @@ class ScoringConfig:
     contains it)."""
     sigma: float = 4.0
     """Gaussian smoothing of the anomaly map, in canvas pixels. Swept on the four shared sets' default models
-    (bench/results/sigma.md): 0-2 px within 0.002 of 4 px on image AUROC and AUPRO, 8 and 16 px worse on every set."""
+    (bench/results/sigma.md): 0-2 px within 0.002 of 4 px on mean image AUROC and AUPRO, 8 and 16 px worse on
+    every set."""
     image_score: str = "top_mean"
     """'top_mean': mean of the top `top_fraction` of map pixels (default: better than the maximum on
     all four shared datasets, for the raw error and for the position scores: bench/results/accuracy.md),
