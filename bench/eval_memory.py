@@ -60,7 +60,7 @@ def child(method: str, model: Path, data: Path) -> dict:
     from models.detector import Detector
     from training.calibrate import score_files
     from training.data import mvtec_test_set
-    from training.evaluate import _mask_like
+    from training.evaluate import mask_like
     from training.metrics import aupro, auroc, pixel_auroc
 
     torch.set_num_threads(2)
@@ -69,7 +69,7 @@ def child(method: str, model: Path, data: Path) -> dict:
     kept, _, maps = score_files(det, list(items), desc=f"{method}: scoring")
     pairs = [(m, items[p]) for p, m in zip(kept, maps, strict=True)
              if items[p].defect == "good" or items[p].mask is not None]
-    gt, pix = [_mask_like(it.mask, m.shape) for m, it in pairs], [m for m, _ in pairs]
+    gt, pix = [mask_like(it.mask, m.shape) for m, it in pairs], [m for m, _ in pairs]
     after_scoring = rss_mb()
     t0 = time.perf_counter()
     if method == "exact":

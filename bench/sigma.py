@@ -79,7 +79,7 @@ def measure(name: str) -> dict:
     from models.decision import conformal_threshold, decide_all
     from training.calibrate import CalibrationConfig, split_images
     from training.data import good_images, mvtec_test_set
-    from training.evaluate import _mask_like
+    from training.evaluate import mask_like
     from training.metrics import aupro, auroc, pixel_auroc
 
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def measure(name: str) -> dict:
                "false_alarm_rate": float(flagged[~labels].mean())}
         if maps:
             pix = [maps[p][..., j] for p in kept if p in maps]
-            gt = [_mask_like(item[p].mask, m.shape) for p, m in zip([p for p in kept if p in maps], pix, strict=True)]
+            gt = [mask_like(item[p].mask, m.shape) for p, m in zip([p for p in kept if p in maps], pix, strict=True)]
             row["pixel_auroc"] = pixel_auroc(gt, pix)[0]
             row["aupro_30"] = aupro(gt, pix)
         rows.append(row)

@@ -20,7 +20,9 @@ from training.metrics import aupro, auroc, best_recall_at_far, pixel_auroc
 log = logging.getLogger(__name__)
 
 
-def _mask_like(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+def mask_like(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """A test image's ground-truth mask (None: a good image, no defect pixel) as a bool map of `shape` (the work
+    map's), area-resized; what every pixel metric here and in the benchmarks compares maps with."""
     if path is None:
         return np.zeros(shape, bool)
     m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -45,7 +47,7 @@ def evaluate(detector: Detector, root: str | Path) -> tuple[dict[str, Any], dict
     with_mask = [(m, by_path[p]) for p, m in zip(kept, maps, strict=True)
                  if by_path[p].defect == "good" or by_path[p].mask is not None]
     if any(it.mask is not None for _, it in with_mask):
-        gt = [_mask_like(it.mask, m.shape) for m, it in with_mask]
+        gt = [mask_like(it.mask, m.shape) for m, it in with_mask]
         pix_maps = [m for m, _ in with_mask]
         metrics["pixel_auroc"], metrics["pixel_auroc_max_error"] = pixel_auroc(gt, pix_maps)
         metrics["aupro_30"] = aupro(gt, pix_maps)
