@@ -90,15 +90,16 @@ def measure(name: str) -> dict:
     masked = {i.path for i in items if i.defect == "good" or i.mask is not None}
     kept, test, maps = work_maps(det, [i.path for i in items], masked if any(i.mask for i in items) else set())
     labels = np.array([item[p].defect != "good" for p in kept])
+    with_maps = [p for p in kept if p in maps]
+    gt = [mask_like(item[p].mask, maps[p].shape[:2]) for p in with_maps]  # read once, for every sigma
     alpha = det.calibration.alpha
     rows = []
     for j, sigma in enumerate(SIGMAS):
         flagged = decide_all(test[:, j], conformal_threshold(np.sort(cal[:, j]), alpha))
         row = {"sigma": sigma, "image_auroc": auroc(labels, test[:, j]), "recall": float(flagged[labels].mean()),
                "false_alarm_rate": float(flagged[~labels].mean())}
-        if maps:
-            pix = [maps[p][..., j] for p in kept if p in maps]
-            gt = [mask_like(item[p].mask, m.shape) for p, m in zip([p for p in kept if p in maps], pix, strict=True)]
+        if with_maps:
+            pix = [maps[p][..., j] for p in with_maps]
             row["pixel_auroc"] = pixel_auroc(gt, pix)[0]
             row["aupro_30"] = aupro(gt, pix)
         rows.append(row)
