@@ -143,6 +143,12 @@ VARIANTS = {
                         {"seed": 1}, {}),
     "pool1_256_seed2": ("no pooling (pool 1), fit seed 2, 256 px", {"preprocess": S256, "scoring": {"pool": 1}},
                         {"seed": 2}, {}),
+    # squash (the anomalib peers' geometry) instead of letterbox: the whole canvas holds the image, so an elongated
+    # part (bsdata_pitting 2.46 : 1) gets 2.46 x the patches across, at the same backbone cost (a letterboxed canvas
+    # is the same side, padded); deeppcb's square images give the same canvas either way
+    "resize": ("geometry resize (squash to the square canvas, as PaDiM and PatchCore; default letterbox; deeppcb's "
+               "square images give the default's canvases, not run)",
+               {"preprocess": {"mode": "resize"}}, {}, {}),
     # what `fit --normalize none` gives where the engineer knows the part is placed freely (run on tire)
     "none": ("normalize none (set by the engineer: no selection split), 256 px",
              {"preprocess": S256, "scoring": {"normalize": "none"}}, {}, {}),

@@ -10,6 +10,11 @@ operator is linear, `models.scoring.map_operator`). Per sigma: image AUROC, pixe
 test maps, and recall and false alarms on test/good at the split-conformal threshold recalibrated on the same
 calibration images at the card's alpha. The scoring normalisation stays the one the fit chose (with 4 px).
 
+Two more rows erode the patch scores before the map (a k x k minimum over the feature grid, k = 3, 5; sigma 4 px):
+each patch feature averages its 3 x 3 neighbourhood (`ScoringConfig.pool`), so a defect raises the error of every
+cell whose window holds it; if that halo is what costs AUPRO, the minimum over the same window takes it back off.
+Not a product mode: measured here only.
+
     python -m bench.sigma       # ~10 min on 2 cores with the models fitted; writes bench/results/sigma.{json,md,png}
 """
 
@@ -26,31 +31,39 @@ from models.config import ScoringConfig
 
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_SIGMA = ScoringConfig().sigma
+ERODES = (3, 5)
+MAPS = [(1, s) for s in SIGMAS] + [(k, DEFAULT_SIGMA) for k in ERODES]
+"""(erosion window, sigma) of each row; 1: no erosion."""
 OUT = RESULTS / "sigma"
 
 
 def sigma_maps(det):
-    """-> a canvas function for ``Detector.maps``: (N, S, S, 3) canvases -> (N, S, S, len(SIGMAS)) maps, one
+    """-> a canvas function for ``Detector.maps``: (N, S, S, 3) canvases -> (N, S, S, len(MAPS)) maps, one
     pass of the backbone and the SAE."""
     import torch
+    import torch.nn.functional as F
 
     from models.features import to_device
     from models.net import patch_score
     from models.scoring import apply_map_operator, map_operator
 
-    ops = [map_operator(det.grid.cells, det.config.preprocess.size, s, str(det.device)) for s in SIGMAS]
+    ops = [map_operator(det.grid.cells, det.config.preprocess.size, s, str(det.device)) for _, s in MAPS]
+
+    def eroded(scores: torch.Tensor, k: int) -> torch.Tensor:
+        return scores if k == 1 else -F.max_pool2d(-scores[:, None], k, 1, k // 2)[:, 0]
 
     def canvas_maps(canvases: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             _, err, values, indices = det.net(to_device(canvases, det.device))
             scores = patch_score(err, values, indices, det.config.scoring.normalize, det.net.stats)
-            return torch.stack([apply_map_operator(op, scores) for op in ops], -1).cpu().numpy()
+            maps = [apply_map_operator(op, eroded(scores, k)) for (k, _), op in zip(MAPS, ops, strict=True)]
+            return torch.stack(maps, -1).cpu().numpy()
 
     return canvas_maps
 
 
 def work_maps(det, paths: list, keep: set) -> tuple[list, np.ndarray, dict]:
-    """Image files -> (paths that decoded, (n, len(SIGMAS)) image scores, {path: (h, w, len(SIGMAS)) work map} for
+    """Image files -> (paths that decoded, (n, len(MAPS)) image scores, {path: (h, w, len(MAPS)) work map} for
     the paths in `keep`)."""
     from training.data import iter_images
 
@@ -60,7 +73,7 @@ def work_maps(det, paths: list, keep: set) -> tuple[list, np.ndarray, dict]:
     def flush() -> None:
         for (p, _), (m, _) in zip(pending, det.maps([img for _, img in pending], fn), strict=True):
             kept.append(p)
-            scores.append([det.score_map(m[..., j]) for j in range(len(SIGMAS))])
+            scores.append([det.score_map(m[..., j]) for j in range(len(MAPS))])
             if p in keep:
                 maps[p] = m
         pending.clear()
@@ -94,10 +107,10 @@ def measure(name: str) -> dict:
     gt = [mask_like(item[p].mask, maps[p].shape[:2]) for p in with_maps]  # read once, for every sigma
     alpha = det.calibration.alpha
     rows = []
-    for j, sigma in enumerate(SIGMAS):
+    for j, (erode, sigma) in enumerate(MAPS):
         flagged = decide_all(test[:, j], conformal_threshold(np.sort(cal[:, j]), alpha))
-        row = {"sigma": sigma, "image_auroc": auroc(labels, test[:, j]), "recall": float(flagged[labels].mean()),
-               "false_alarm_rate": float(flagged[~labels].mean())}
+        row = {"sigma": sigma, "erode": erode, "image_auroc": auroc(labels, test[:, j]),
+               "recall": float(flagged[labels].mean()), "false_alarm_rate": float(flagged[~labels].mean())}
         if with_maps:
             pix = [maps[p][..., j] for p in with_maps]
             row["pixel_auroc"] = pixel_auroc(gt, pix)[0]
@@ -115,10 +128,11 @@ def table(results: list[dict]) -> str:
            "| sigma | " + " | ".join(f"{r['dataset']} ({r['canvas']} px)" for r in results)
            + " | mean image AUROC | mean AUPRO@30% | mean recall at alpha | mean false alarms on test/good |",
            "|---|" + "---|" * (len(results) + 4)]
-    for j, sigma in enumerate(SIGMAS):
+    for j, (erode, sigma) in enumerate(MAPS):
         cells = [r["rows"][j] for r in results]
         masked = [c for c in cells if "aupro_30" in c]
-        out.append(f"| {sigma:g} px{' (default)' if sigma == DEFAULT_SIGMA else ''} | "
+        name = f"{sigma:g} px" if erode == 1 else f"{sigma:g} px, patch scores eroded {erode} x {erode}"
+        out.append(f"| {name}{' (default)' if (erode, sigma) == (1, DEFAULT_SIGMA) else ''} | "
                    + " | ".join(f"{c['image_auroc']:.3f} / {c.get('aupro_30', float('nan')):.3f} / "
                                 f"{c['recall']:.3f} / {c['false_alarm_rate']:.3f}" for c in cells)
                    + f" | {np.mean([c['image_auroc'] for c in cells]):.3f}"
@@ -133,12 +147,14 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    results = per_set(OUT.with_suffix(".json"), measure, lambda r: [c["sigma"] for c in r["rows"]] == list(SIGMAS))
+    results = per_set(OUT.with_suffix(".json"), measure,
+                      lambda r: [(c.get("erode", 1), c["sigma"]) for c in r["rows"]] == MAPS)
     text = table(results)
     OUT.with_suffix(".md").write_text(text)
     sweep_plot(OUT.with_suffix(".png"),
                [(f"{r['dataset']} ({r['canvas']} px)", list(SIGMAS),
-                 [[c["image_auroc"] for c in r["rows"]], [c["aupro_30"] for c in r["rows"] if "aupro_30" in c]])
+                 [[c["image_auroc"] for c in r["rows"][:len(SIGMAS)]],
+                  [c["aupro_30"] for c in r["rows"][:len(SIGMAS)] if "aupro_30" in c]])
                 for r in results],
                ("image AUROC", "AUPRO@30%"), "map smoothing sigma, canvas px (dotted: the default)", DEFAULT_SIGMA,
                "symlog", base=2, linthresh=1)

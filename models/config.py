@@ -69,7 +69,9 @@ class PreprocessConfig:
     mode: str = "letterbox"
     """'letterbox': scale the long side to `size`, keep the aspect ratio, pad by reflection
     to a size x size canvas (padding is never scored). 'resize': squash to size x size.
-    'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`."""
+    'tile': cut the image (scaled by `tile_scale`) into size x size tiles with `overlap`. Letterbox by default:
+    'resize' tied it on bsdata_pitting and tire (one shape per set) and lost 0.069 image AUROC on magnetic_tile,
+    whose crops vary in shape (bench/results/accuracy.md, variant 'resize')."""
     size: int = 640
     """Canvas side in pixels fed to the backbone: the largest a fit may choose. 640 by default (since 2026-12-04;
     512 before that day, 384 from 2026-12-03, 256 before): the fit lowers it to 512, 384 or 256 px where the good
