@@ -183,6 +183,11 @@ and all gradients float32): 25 % faster steps, mean image AUROC over the two see
 choice differed from float32's in about 5 % of the chosen latents (random data); a float32 re-rank of a bfloat16
 shortlist of 2k, which gives float32's choice exactly, saved only 3 % of a step (bench/sae_step.py at the time),
 so neither was kept."""
+ONE_OFF = {f"fine_pool1_{s}": "finest backbone stage unpooled, the deeper 3 x 3 pooled (default: every stage "
+           f"pooled), {s} px; bench/fine_pool.py, not a product option" for s in (256, 640)}
+"""Variants that need code the product does not have: their own script runs them through `run_variant` (2026-12-06,
+`bench/fine_pool.py`: image AUROC level on three sets, tire -0.024 as with pool 1, AUPRO between pool 1's and pool
+3's; not kept)."""
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "recall", "false_alarm_rate", "threshold", "n_images",
            "false_alarms", "n_good", "false_alarm_tail_p")
 
@@ -402,8 +407,9 @@ def _mark(row: dict) -> str:
 
 
 def variant_methods() -> list[str]:
-    """The table rows of every variant, those that can rerun and the retired ones."""
-    return [f"variant: {v[0]}" for v in VARIANTS.values()] + [f"variant: {label}" for label in RETIRED.values()]
+    """The table rows of every variant: those `--variants` runs, the one-off ones and the retired ones."""
+    return [f"variant: {label}" for label in [v[0] for v in VARIANTS.values()] + [*ONE_OFF.values(),
+                                                                                   *RETIRED.values()]]
 
 
 def summary_table(rows: dict, datasets: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ each patch feature averages its 3 x 3 neighbourhood (`ScoringConfig.pool`), so a
 cell whose window holds it; if that halo is what costs AUPRO, the minimum over the same window takes it back off.
 Not a product mode: measured here only.
 
-    python -m bench.sigma       # ~10 min on 2 cores with the models fitted; writes bench/results/sigma.{json,md,png}
+    python -m bench.sigma       # ~13 min on 2 cores with the models fitted; writes bench/results/sigma.{json,md,png}
 """
 
 from __future__ import annotations
