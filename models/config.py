@@ -133,7 +133,8 @@ class ScoringConfig:
     """Neighbourhood (pool x pool average) aggregated into each patch feature. 1 (each stage's own cell, as PaDiM):
     over the four shared sets and three fit seeds at the default's canvases, AUPRO 0.881 against 0.822 but image
     AUROC 0.931 against 0.941 (magnetic_tile -0.016, tire -0.032, deeppcb +0.011): the option for lines that read
-    the heat map more than the verdict (`fit --pool 1`; bench/results/accuracy.md), not the default."""
+    the heat map more than the verdict (`fit --pool 1`; bench/results/accuracy.md), not the default. Only the finest
+    stage unpooled (bench/fine_pool.py, one fit per set) kept tire's loss (-0.024) for half the AUPRO gain."""
     context: int = 7
     """0: a patch feature is the patch alone. An odd c >= 3: the feature is followed by the mean of its
     c x c neighbourhood (twice the dimensions, so the SAE has twice the atoms), so the SAE has to rebuild a
