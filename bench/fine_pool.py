@@ -24,22 +24,16 @@ import torch.nn.functional as F
 import bench.accuracy as acc
 import models.features
 
+PATCH_FEATURES = models.features.patch_features
+
 
 def patch_features(maps: list[torch.Tensor], pool: int, context: int = 0) -> torch.Tensor:
-    """`models.features.patch_features` with the average on every stage but the finest."""
-    size = maps[0].shape[-2:]
-    out = []
-    for i, m in enumerate(maps):
-        m = m.float()
-        if pool > 1 and i > 0:
-            m = F.avg_pool2d(m, pool, stride=1, padding=pool // 2, count_include_pad=False)
-        if m.shape[-2:] != size:
-            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        out.append(m)
-    f = torch.cat(out, dim=1)
-    if context > 1:
-        f = torch.cat([f, F.avg_pool2d(f, context, stride=1, padding=context // 2, count_include_pad=False)], 1)
-    return f
+    """`models.features.patch_features` with the average on every stage but the finest: the deeper stages averaged
+    here, then the product's function with no average of its own (it resizes, concatenates, adds the context)."""
+    if pool == 1:
+        return PATCH_FEATURES(maps, pool, context)
+    deeper = [F.avg_pool2d(m.float(), pool, stride=1, padding=pool // 2, count_include_pad=False) for m in maps[1:]]
+    return PATCH_FEATURES([maps[0], *deeper], 1, context)
 
 
 def main() -> None:
