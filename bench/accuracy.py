@@ -143,6 +143,20 @@ VARIANTS = {
                         {"seed": 1}, {}),
     "pool1_256_seed2": ("no pooling (pool 1), fit seed 2, 256 px", {"preprocess": S256, "scoring": {"pool": 1}},
                         {"seed": 2}, {}),
+    # the error over each patch's own features at the default's canvases (measured at 384 and 512 px before)
+    "error_patch_640": ("learned context 7, the error over each patch's own features, 640 px",
+                        {"scoring": {"error": "patch"}}, {}, {}),
+    "error_patch_256": ("learned context 7, the error over each patch's own features, 256 px (the canvas "
+                        "magnetic_tile's default fit takes)", {"preprocess": S256, "scoring": {"error": "patch"}}, {},
+                        {}),
+    "error_patch_640_seed1": ("learned context 7, the error over each patch's own features, fit seed 1, 640 px",
+                              {"scoring": {"error": "patch"}}, {"seed": 1}, {}),
+    "error_patch_640_seed2": ("learned context 7, the error over each patch's own features, fit seed 2, 640 px",
+                              {"scoring": {"error": "patch"}}, {"seed": 2}, {}),
+    "error_patch_256_seed1": ("learned context 7, the error over each patch's own features, fit seed 1, 256 px",
+                              {"preprocess": S256, "scoring": {"error": "patch"}}, {"seed": 1}, {}),
+    "error_patch_256_seed2": ("learned context 7, the error over each patch's own features, fit seed 2, 256 px",
+                              {"preprocess": S256, "scoring": {"error": "patch"}}, {"seed": 2}, {}),
     # squash (the anomalib peers' geometry) instead of letterbox: the whole canvas holds the image, so an elongated
     # part (bsdata_pitting 2.46 : 1) gets 2.46 x the patches across, at the same backbone cost (a letterboxed canvas
     # is the same side, padded); deeppcb's square images give the same canvas either way
@@ -466,6 +480,9 @@ SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
                                                                         2: "context7_384_seed2"},
                  "context 7, error over each patch's own features": {0: "error_patch", 1: "error_patch_seed1",
                                                                      2: "error_patch_seed2"},
+                 "context 7, error over each patch's own features, at the default's canvas (640 px; magnetic_tile "
+                 "256 px)": {s: {256: f"error_patch_256{x}", 640: f"error_patch_640{x}"}
+                             for s, x in ((0, ""), (1, "_seed1"), (2, "_seed2"))},
                  "context 7, SAE expansion 16": {0: "expansion16", 1: "expansion16_seed1", 2: "expansion16_seed2"},
                  "384 px without context (the default before)": {0: "context0_384", 1: "context0_384_seed1",
                                                                  2: "context0_384_seed2"},
@@ -474,15 +491,18 @@ SEED_FAMILIES = {DEFAULT_FAMILY: {0: DEFAULT, 1: NATIVE, 2: NATIVE},
 """Fits that differ only in the seed: the method of seed 0's row, or the variants of the others."""
 
 
-def seed_fit(rows: dict, name: str, seed: int, dataset: str) -> str | None:
-    """The fit (DEFAULT or a variant name) a SEED_FAMILIES entry is on `dataset` (None: no variant is that fit)."""
-    if name not in (NATIVE, NATIVE_512):
+def seed_fit(rows: dict, name: str | dict[int, str], seed: int, dataset: str) -> str | None:
+    """The fit (DEFAULT or a variant name) a SEED_FAMILIES entry is on `dataset` (None: no variant is that fit); an
+    entry {canvas side: variant} is the variant at the side the default takes on `dataset`."""
+    if name not in (NATIVE, NATIVE_512) and not isinstance(name, dict):
         return name
     side = rows.get(f"{dataset}|{DEFAULT}", {}).get("canvas", 512)  # rows from before the rule: all 512 px
+    if isinstance(name, dict):
+        return name.get(side)
     return CANVAS_SEEDS.get(min(side, 512) if name == NATIVE_512 else side, {}).get(seed)
 
 
-def seed_method(rows: dict, name: str, seed: int, dataset: str) -> str | None:
+def seed_method(rows: dict, name: str | dict[int, str], seed: int, dataset: str) -> str | None:
     """The row method of a SEED_FAMILIES entry on `dataset` (None: no variant is that fit)."""
     fit = seed_fit(rows, name, seed, dataset)
     return fit if fit in (None, DEFAULT) else f"variant: {VARIANTS[fit][0]}"
