@@ -147,8 +147,8 @@ class ScoringConfig:
     """Which of a patch's features its reconstruction error is taken over: 'all', or with learned context
     'patch' (the patch's own features only: the SAE still rebuilds the neighbourhood mean, which shapes the code
     it picks, but a defect's error stays on its own cells instead of spreading over every neighbourhood that
-    contains it). 'all' by default: at the default's canvases 'patch' raised AUPRO on every shared set (0.845 against
-    0.821) but lowered image AUROC (0.935 against 0.940) and recall at alpha (0.41 against 0.48) over two seeds
+    contains it). 'all' by default: at the default's canvases 'patch' raised AUPRO on every shared set (0.844 against
+    0.822) but lowered image AUROC (0.934 against 0.941) and recall at alpha (0.43 against 0.48) over three seeds
     (bench/results/accuracy.md)."""
     sigma: float = 4.0
     """Gaussian smoothing of the anomaly map, in canvas pixels. Swept on the four shared sets' default models
